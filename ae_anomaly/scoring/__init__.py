@@ -1,0 +1,1 @@
+"""Batch scoring: streaming step scores, events, records for the sinks."""

@@ -1,0 +1,6 @@
+"""Where flagged events go."""
+
+from ae_anomaly.sinks.base import EventRecord, Sink
+from ae_anomaly.sinks.sql import SqlSink
+
+__all__ = ["EventRecord", "Sink", "SqlSink"]

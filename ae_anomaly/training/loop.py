@@ -1,0 +1,133 @@
+"""The one training loop: seeded, mini-batch Adam, early stopping, a progress bar."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ae_anomaly.config import TrainingConfig
+from ae_anomaly.models.base import AutoEncoder
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, float, float | None], None]
+
+
+@dataclass
+class TrainHistory:
+    """Per-epoch losses and where training stopped."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+    seconds: float = 0.0
+    stopped_early: bool = False
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("training.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def _mean_loss(model: AutoEncoder, data: torch.Tensor, batch: int, device: torch.device) -> float:
+    model.eval()
+    total, n = 0.0, 0
+    with torch.inference_mode():
+        for i in range(0, len(data), batch):
+            xb = data[i:i + batch].to(device)
+            total += float(model.loss(xb, model(xb))) * len(xb)
+            n += len(xb)
+    return total / max(n, 1)
+
+
+def train_network(
+    model: AutoEncoder,
+    train: torch.Tensor,
+    val: torch.Tensor | None,
+    cfg: TrainingConfig,
+    on_epoch: EpochCallback | None = None,
+    desc: str = "train",
+) -> TrainHistory:
+    """Train ``model`` in place on ``train`` (samples along dim 0), keep the best weights.
+
+    Early stopping watches the validation loss (the training loss when ``val`` is None or
+    empty); after ``cfg.patience`` epochs without improvement the best weights are restored.
+
+    Args:
+        model: the network; its ``loss`` defines the objective.
+        train: training samples, e.g. (N, C, L) windows.
+        val: validation samples or None.
+        cfg: epochs, batch size, learning rate, weight decay, patience, seed, threads, device.
+        on_epoch: called as ``on_epoch(epoch, train_loss, val_loss)`` after each epoch.
+        desc: label of the progress bar.
+
+    Returns:
+        The loss history.
+    """
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    has_val = val is not None and len(val) > 0
+    hist = TrainHistory()
+    best, best_state, bad = float("inf"), copy.deepcopy(model.state_dict()), 0
+    start = time.perf_counter()
+    bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", disable=not cfg.progress,
+               leave=False, dynamic_ncols=True)
+    for epoch in bar:
+        model.train()
+        perm = torch.randperm(len(train), generator=gen)
+        total = 0.0
+        for i in range(0, len(train), cfg.batch_size):
+            xb = train[perm[i:i + cfg.batch_size]].to(device)
+            loss = model.loss(xb, model(xb))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(xb)
+        train_loss = total / len(train)
+        val_loss = _mean_loss(model, val, cfg.batch_size, device) if has_val else None
+        hist.train_loss.append(train_loss)
+        if val_loss is not None:
+            hist.val_loss.append(val_loss)
+        watched = val_loss if val_loss is not None else train_loss
+        bar.set_postfix(loss=f"{train_loss:.4f}",
+                        val=f"{val_loss:.4f}" if val_loss is not None else "-")
+        log.debug("epoch %d train %.5f val %s", epoch, train_loss, val_loss)
+        if on_epoch is not None:
+            on_epoch(epoch, train_loss, val_loss)
+        if watched < best - 1e-7:
+            best, best_state, bad, hist.best_epoch = watched, copy.deepcopy(model.state_dict()), 0, epoch
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                hist.stopped_early = True
+                break
+    bar.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    hist.seconds = time.perf_counter() - start
+    log.info("trained %d epochs in %.1fs (best epoch %d, loss %.5f)", len(hist.train_loss),
+             hist.seconds, hist.best_epoch, best)
+    return hist

@@ -1,0 +1,63 @@
+"""Training flow: load data -> fit (MLflow-tracked) -> log, register, alias ``champion``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from ae_anomaly import pipeline
+from ae_anomaly.config import AppConfig, load_config
+from ae_anomaly.detector import Detector
+from ae_anomaly.tracking import Tracker
+
+
+@task(name="load-training-data", cache_policy=NO_CACHE)
+def load_training_data(cfg: AppConfig) -> pd.DataFrame:
+    return pipeline.load_training_frame(cfg)
+
+
+@task(name="fit-detector", cache_policy=NO_CACHE)
+def fit_detector(cfg: AppConfig, frame: pd.DataFrame, run_id: str) -> Detector:
+    return pipeline.fit_detector(cfg, frame, Tracker(cfg.tracking), run_id)
+
+
+@task(name="log-and-register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def log_and_register(cfg: AppConfig, det: Detector, frame: pd.DataFrame,
+                     run_id: str) -> pipeline.Registration:
+    return pipeline.log_and_register(cfg, det, frame, Tracker(cfg.tracking), run_id)
+
+
+@flow(name="ae-anomaly-train")
+def train_flow(config: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Train, calibrate, log to MLflow and register a detector.
+
+    Args:
+        config: YAML config path (None for built-in defaults).
+        overrides: ``key=value`` overrides.
+    """
+    logger = get_run_logger()
+    cfg = load_config(config, overrides)
+    tracker = Tracker(cfg.tracking)
+    frame = load_training_data(cfg)
+    run_id = pipeline.start_run(cfg, tracker)
+    try:
+        det = fit_detector(cfg, frame, run_id)
+        reg = log_and_register(cfg, det, frame, run_id)
+    except BaseException:
+        tracker.end_run(run_id, "FAILED")
+        raise
+    logger.info("registered %s v%s (threshold %.4g)", reg.model.name, reg.model.version,
+                det.threshold_)
+    return {
+        "model_name": reg.model.name,
+        "model_version": reg.model.version,
+        "run_id": reg.model.run_id,
+        "champion_set": reg.champion_set,
+        "threshold": det.threshold_,
+        "epochs": len(det.history_.train_loss),
+        "train_seconds": det.history_.seconds,
+        "calibration": reg.calibration,
+    }
