@@ -272,6 +272,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if overrides:
         apply_overrides(raw, overrides)
         source = f"{source} with overrides {' '.join(overrides)}"
+    if isinstance(raw.get("model"), dict):
+        raw["model"].setdefault("name", "conv_ae")  # the default family
     try:
         return AppConfig.model_validate(raw)
     except ValidationError as err:
