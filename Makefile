@@ -9,7 +9,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 help:
 	@echo "make demo   - set up, then run the whole pipeline on generated data"
-	@echo "make test   - set up, then run the whole test suite"
+	@echo "make test   - set up, then run the whole test suite (starts a throwaway PostgreSQL;"
+	@echo "              installs it with apt-get when missing and run as root)"
 	@echo "make lint   - ruff check"
 	@echo "make bench  - run the benchmarks on ../shared/data and rewrite docs/benchmarks.md"
 	@echo "make clean  - remove the state folder .ae_anomaly (keeps the virtualenv)"
@@ -29,10 +30,11 @@ demo: $(STAMP)
 	$(BIN)/ae-anomaly demo --config configs/demo.yaml
 
 test: $(STAMP)
+	bash scripts/ensure_chromium.sh
 	bash scripts/run_tests.sh
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	bash scripts/run_tests.sh -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check ae_anomaly flows tests

@@ -55,9 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate a realistic multi-server metrics data set with injected "
                     "anomalies, train a 1D-conv autoencoder (Prefect flow, MLflow-tracked), "
                     "calibrate its threshold, register it as 'champion', score the fresh "
-                    "period and write flagged events to the anomaly table. Safe to re-run: "
-                    "events are upserted, never duplicated.")
+                    "period and write flagged events to the anomaly table. Then the same for "
+                    "network flows: generated NetFlow records with port scans, DoS bursts, "
+                    "exfiltration and new services, aggregated into per-host series "
+                    "(--flows-config). Safe to re-run: events are upserted, never duplicated.")
     _common(p)
+    p.add_argument("--flows-config", metavar="FILE", default="configs/flows_demo.yaml",
+                   help="network-flow part's config (default configs/flows_demo.yaml)")
+    p.add_argument("--no-flows", action="store_true", help="skip the network-flow part")
 
     p = sub.add_parser(
         "train", help="train, calibrate, log and register a detector",
@@ -72,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         "score", help="score data with the champion model and write events",
         description="Load models:/<name>@champion, score files in chunks, group flagged steps "
                     "into events and upsert them into the anomaly table. Re-running on the "
-                    "same data leaves the table unchanged.")
+                    "same data leaves the table unchanged. With source.kind folder or sql "
+                    "(configs/ops.yaml) and no --input: one scheduled run: ingest the landing "
+                    "folder, then score every entity from its watermark.")
     _common(p)
     p.add_argument("-i", "--input", metavar="PATH", action="append",
                    help="file or folder to score (repeatable; default data.score)")
@@ -81,6 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print the newest events of the anomaly table.")
     _common(p)
     p.add_argument("-n", "--limit", type=int, default=20, help="rows to show (default 20)")
+
+    p = sub.add_parser(
+        "calibrate", help="show the champion's calibration report",
+        description="Print the calibration report of a registered model (default: the alias "
+                    "'champion'): method, target alpha, calibration-set size, threshold, the "
+                    "90%% interval of the false-alarm rate that this set size implies, and a "
+                    "warning when the set is too small for alpha (fewer than 10/alpha "
+                    "points). The same report is logged to MLflow with every training run "
+                    "(calibration/report.json).")
+    _common(p)
+    p.add_argument("--report", action="store_true", default=True,
+                   help="print the report (the default and, for now, only action)")
+    p.add_argument("--alias", default=None, help="registry alias to read (default champion)")
 
     p = sub.add_parser("config", help="print the resolved configuration",
                        description="Print the configuration after defaults, the file and "
@@ -91,8 +111,129 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="serve the cron deployments against a Prefect server",
         description="Register the 'score' and 'train' deployments (schedules from the "
                     "config's deployment section) with the Prefect API at PREFECT_API_URL "
-                    "and run them as they come due. Stop with Ctrl-C.")
+                    "and run them as they come due. Stop with Ctrl-C. Start a server first: "
+                    "prefect server start --host 127.0.0.1 (see docs/operations.md).")
     _common(p)
+
+    p = sub.add_parser(
+        "backfill", help="re-score a time range of the incremental source",
+        description="Re-score [--from, --to] of the scheduled source (source.kind folder or "
+                    "sql) with the champion, replacing the model's events in the range "
+                    "(widened to where no event is open). Idempotent; watermarks are not "
+                    "moved. Use it after late data or a promotion.")
+    _common(p)
+    p.add_argument("--from", dest="start", metavar="TIME",
+                   help="start of the range, ISO 8601 UTC (default: the start of the data)")
+    p.add_argument("--to", dest="end", metavar="TIME",
+                   help="end of the range, ISO 8601 UTC (default: the newest data)")
+
+    p = sub.add_parser(
+        "promote", help="promote the challenger to champion if it passes the gates",
+        description="Score the champion and the challenger on the same evaluation window "
+                    "(promotion.eval_data, else the newest steps of the source, else "
+                    "data.score), apply the gates of the promotion section (feature schema, "
+                    "calibration size, alert-rate budget, quality or alert count, score "
+                    "shift), move 'champion' only if all pass (the former champion becomes "
+                    "'previous'), record the decision as model-version tags and an MLflow "
+                    "run, and print the table. Exits 1 when the challenger is rejected.")
+    _common(p)
+    p.add_argument("--name", metavar="NAME",
+                   help="registered model name (default tracking.registered_model)")
+    p.add_argument("--challenger", metavar="VERSION",
+                   help="version to evaluate (default: the 'challenger' alias)")
+
+    p = sub.add_parser(
+        "rollback", help="move champion back to the previous version",
+        description="Point 'champion' at the version aliased 'previous' (set by the last "
+                    "promotion) and record the rollback; scheduled scoring uses it from its "
+                    "next run.")
+    _common(p)
+    p.add_argument("--name", metavar="NAME",
+                   help="registered model name (default tracking.registered_model)")
+
+    p = sub.add_parser(
+        "dashboard", help="serve the ops dashboard of flagged events in a browser",
+        description="Serve the built-in dashboard: open events (filterable), each event's "
+                    "raw series and scores in context, alarm rate per day against the "
+                    "budget, and acknowledge / false-positive feedback (kept in its own "
+                    "table, exportable as CSV). Reads the anomaly table of sink.url (or "
+                    "--db) and the raw data of data.score. Stop with Ctrl-C.")
+    _common(p)
+    p.add_argument("--port", type=int, default=8050, help="port to listen on (default 8050)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1, this machine only)")
+    p.add_argument("--db", metavar="URL",
+                   help="SQLAlchemy URL of the anomaly table's database (overrides sink.url)")
+    p.add_argument("--no-scores", action="store_true",
+                   help="do not load models from MLflow to recompute scores on event pages")
+
+    p = sub.add_parser(
+        "benchmark", help="measure models and baselines on a labelled benchmark dataset",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Fit each model on each entity's training data only, fit its threshold on a
+            held-out slice of that training data (never on test labels), score the test
+            data, turn flagged points into events with the config's event rules, and write
+            one record per (model, entity, seed) to --output: AUC-ROC, AUC-PR, point-wise
+            precision / recall / F1 at the calibrated threshold (no point-adjust), f1_pa
+            (point-adjusted, for comparison only), best_f1 (oracle threshold from the test
+            labels: an upper bound, not a result), event recall, the target alpha, the
+            realised alarm rate on normal test points (far_normal) and on a check slice at
+            the end of the training period (far_check), and timings; plus per-model means
+            in 'summary' (and NAB scores per profile for --dataset nab).
+
+            The output file is the checkpoint: it is rewritten after every cell, and running
+            the same command again skips the cells it holds (so an interrupted run resumes).
+
+            Datasets (--data-dir):
+              smd      SMD folder: train/, test/, test_label/ (machine-1-2.txt ...)
+              nab      NAB folder: data/<category>/<file>.csv, labels/combined_windows.json;
+                       fitted on each file's first 15% (probationary period)
+              nsl-kdd  folder with KDDTrain+.txt / KDDTest+.txt (configs/datasets/nsl_kdd.yaml)
+              flows    any flow CSV/Parquet described by --dataset-config FILE
+
+            Models: registered autoencoders (conv_ae, dense_ae, vae, ...) and the baselines
+            pca (reconstruction error), iforest (IsolationForest on windows) and random.
+
+            --set takes config keys (training.epochs=10, window.length=32, model.latent_dim=8
+            for every autoencoder), benchmark keys (bench.smooth=10, bench.smooth_mode=trailing,
+            bench.channel_reduce=max, bench.scoring=causal, bench.check_fraction=0.1,
+            bench.ensemble=true) and per-model keys (models.pca.variance=0.95,
+            models.vae.beta=2). Settings per dataset and their defaults: docs/benchmarks.md.
+
+            Example, the SMD headline of docs/benchmarks.md (about 17 minutes on 2 shared
+            CPU cores):
+              ae-anomaly benchmark --dataset smd --data-dir ../shared/data/smd \\
+                  --models conv_ae,pca,iforest,random --seeds 0,1,2 \\
+                  --calibration conformal,k_sigma --alphas 0.01,0.001 \\
+                  --set window.train_stride=4 --set bench.ensemble=true \\
+                  --output bench-results/smd.json
+            Then: python -m ae_anomaly.evaluation.report bench-results/smd.json
+            (or make bench, which runs every benchmark and rewrites docs/benchmarks.md)"""))
+    _common(p)
+    p.add_argument("--dataset", required=True, choices=["smd", "nab", "nsl-kdd", "flows"],
+                   help="benchmark format of --data-dir")
+    p.add_argument("--data-dir", required=True, metavar="DIR",
+                   help="the dataset folder, e.g. ../shared/data/smd")
+    p.add_argument("--entities", metavar="A,B,...",
+                   help="entities to run (SMD machines, NAB files, stems or categories); "
+                        "default all found")
+    p.add_argument("--dataset-config", metavar="FILE",
+                   help="flow dataset YAML for --dataset flows (nsl-kdd defaults to "
+                        "configs/datasets/nsl_kdd.yaml)")
+    p.add_argument("--models", default="conv_ae,pca,iforest,random", metavar="M1,M2,...",
+                   help="models to compare (default conv_ae,pca,iforest,random)")
+    p.add_argument("--seeds", default="0", metavar="0,1,2",
+                   help="seeds; every model runs once per entity and seed (default 0)")
+    p.add_argument("--calibration", metavar="METHODS",
+                   help="threshold rules to evaluate, e.g. conformal,k_sigma (default: the "
+                        "config's calibration.method); the first is the headline")
+    p.add_argument("--alphas", metavar="A1,A2",
+                   help="target false-alarm rates, e.g. 0.01,0.001 (default: the config's "
+                        "calibration.alpha)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="results JSON (also the checkpoint for resuming)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
@@ -116,13 +257,29 @@ class _DropUserErrorTracebacks(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, AeAnomalyError):
             return False
+        if exc is not None:
+            from ae_anomaly.sources import is_transient
+
+            if is_transient(exc):  # a retried outage: the one-line message says it all
+                record.exc_info, record.exc_text = None, None
         return "AeAnomalyError" not in record.getMessage() and not _is_user_error_message(
             record.getMessage())
 
 
+def _user_error_names() -> set[str]:
+    found, todo = set(), [AeAnomalyError]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            found.add(sub.__name__)
+            todo.append(sub)
+    return found
+
+
 def _is_user_error_message(msg: str) -> bool:
-    return any(f"ae_anomaly.errors.{n}" in msg for n in ("DataError", "ConfigError",
-                                                           "ModelNotFoundError"))
+    # Prefect's "Finished in state Failed(... exception FeatureSchemaError: ...)" lines
+    # repeat the one-line error main() prints.
+    return any(f"ae_anomaly.errors.{n}" in msg or f"exception {n}:" in msg
+               or f"exception: {n}:" in msg for n in _user_error_names())
 
 
 def _print_demo_summary(out: dict[str, Any]) -> None:
@@ -151,10 +308,58 @@ def _print_demo_summary(out: dict[str, Any]) -> None:
             print(f"  {r.entity:<10} {r.start_ts:%Y-%m-%d %H:%M} -> {r.end_ts:%H:%M}  "
                   f"severity {r.severity:6.1f}  driven by {chans}")
     print(f"\nInjected anomalies (ground truth): {out['data'].anomalies}")
+    if "flows" in out:
+        fl = out["flows"]
+        fcfg = load_config(fl["config"], fl["overrides"])
+        fev = read_events(fcfg)
+        fev = fev[(fev.model_name == fl["score"]["model_name"])
+                  & (fev.model_version == fl["score"]["model_version"])]
+        print(f"\nNetwork flows: {fl['train']['model_name']} v{fl['train']['model_version']} "
+              f"(per-host 1-minute series) scored {fl['score']['steps']:,} host-minutes: "
+              f"{len(fev)} events.")
+        for r in fev.sort_values("severity", ascending=False).head(3).itertuples():
+            chans = ", ".join(f"{k} {v:.0%}" for k, v in list(r.top_channels.items())[:2])
+            print(f"  {r.entity:<10} {r.start_ts:%Y-%m-%d %H:%M} -> {r.end_ts:%H:%M}  "
+                  f"severity {r.severity:6.1f}  driven by {chans}")
+        print(f"Injected attacks (ground truth): {fl['data'].attacks}")
     print(f"Anomaly table:   {expand_path(cfg.sink.url)}  (table {cfg.sink.table})")
     print(f"MLflow store:    {store}")
     print(f"MLflow UI:       mlflow ui --backend-store-uri {store} --port 5000")
     print(f"State folder:    {state_home()}")
+
+
+def _csv(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from ae_anomaly.errors import ConfigError
+    from ae_anomaly.evaluation.benchmark import resolve_settings, run_benchmark
+    from ae_anomaly.evaluation.report import summary_table
+
+    try:
+        seeds = [int(s) for s in _csv(args.seeds)]
+        alphas = [float(a) for a in _csv(args.alphas)] or None
+    except ValueError:
+        raise ConfigError("--seeds takes integers and --alphas numbers, comma-separated") from None
+    models = _csv(args.models)
+    if not models or not seeds:
+        raise ConfigError("--models and --seeds must not be empty")
+    settings = resolve_settings(args.dataset, args.data_dir, models, args.config,
+                                args.overrides, args.dataset_config,
+                                _csv(args.calibration) or None, alphas)
+    data = run_benchmark(settings, args.output, models, seeds, _csv(args.entities) or None,
+                         progress=not args.no_progress)
+    print(summary_table(data))
+    print(f"results: {args.output}")
+    return 0
+
+
+def _print_increment_notes(out: dict[str, Any]) -> None:
+    for name, reason in out.get("quarantined", []):
+        print(f"quarantined {name}: {reason}")
+    if out.get("skipped"):
+        print(f"left to a concurrent run: {', '.join(out['skipped'])}")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -163,6 +368,8 @@ def _run(args: argparse.Namespace) -> int:
     apply_quiet_defaults()
     from ae_anomaly.config import load_config
 
+    if args.command == "benchmark":
+        return _benchmark(args)
     overrides = list(args.overrides)
     if getattr(args, "input", None):
         if args.command == "train":
@@ -171,6 +378,19 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.command == "config":
         print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+        return 0
+    if args.command == "calibrate":
+        from ae_anomaly.calibration import format_report
+        from ae_anomaly.tracking import Tracker
+
+        det, ref = Tracker(cfg.tracking).load(alias=args.alias)
+        print(f"{ref.name} v{ref.version} ({det.model.name}, run {ref.run_id})")
+        print(format_report(det.rule_.report()))
+        for ent, rule in sorted(det.entity_rules_.items()):
+            r = rule.report()
+            print(f"  entity {ent}: threshold {r['threshold']:.4g} "
+                  f"(n={r['n_calibration']})" + (f"  warning: {r['warning']}"
+                                                 if r["warning"] else ""))
         return 0
     if args.command == "events":
         from ae_anomaly.pipeline import read_events
@@ -186,7 +406,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from flows.demo import demo_flow
 
-        _print_demo_summary(demo_flow(args.config, overrides))
+        flows_config = None if args.no_flows else args.flows_config
+        _print_demo_summary(demo_flow(args.config, overrides, flows_config))
         return 0
     if args.command == "train":
         from flows.train import train_flow
@@ -205,17 +426,54 @@ def _run(args: argparse.Namespace) -> int:
         out = score_flow(args.config, overrides, args.input)
         print(f"{out['model_name']} v{out['model_version']}: scored {out['steps']:,} steps, "
               f"{out['events']} events, {out['rows_written']} rows inserted or changed")
+        _print_increment_notes(out)
         return 0
+    if args.command == "backfill":
+        from flows.score import score_flow
+
+        # "" is an open end; both open re-scores everything.
+        out = score_flow(args.config, overrides, backfill_from=args.start or "",
+                         backfill_to=args.end or "")
+        print(f"{out['model_name']} v{out['model_version']}: re-scored {out['steps']:,} steps "
+              f"of {out['entities']} entities, {out['events']} events; {out['inserted']} "
+              f"inserted, {out['updated']} updated, {out['deleted']} deleted")
+        return 0
+    if args.command in ("promote", "rollback"):
+        from ae_anomaly import pipeline
+        from ae_anomaly.tracking import Tracker
+        from ae_anomaly.tracking.promotion import rollback
+
+        tracker = Tracker(cfg.tracking)
+        if args.command == "rollback":
+            rb = rollback(tracker, args.name)
+            print(f"{rb.name}: champion v{rb.demoted} -> v{rb.restored} (rolled back; "
+                  f"MLflow run {rb.run_id})")
+            return 0
+        decision = pipeline.promote(cfg, tracker, args.name, args.challenger)
+        print(decision.table())
+        print(f"decision recorded on v{decision.challenger_version} and in MLflow run "
+              f"{decision.run_id}")
+        return 0 if decision.promoted else 1
     if args.command == "serve":
         from flows.serve import serve_deployments
 
         serve_deployments(args.config, overrides)
         return 0
+    if args.command == "dashboard":
+        from ae_anomaly.dashboard.app import serve
+
+        if args.db:
+            cfg.sink.url = args.db
+        print(f"ae-anomaly dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)",
+              flush=True)
+        serve(cfg, host=args.host, port=args.port, compute_scores=not args.no_scores)
+        return 0
     raise AssertionError(args.command)  # pragma: no cover
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run a command; user errors print one line and exit 2."""
+    """Entry point: run a command; user errors print one line and exit 2, transient ones
+    (database unreachable after the retries) one line and exit 3."""
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
@@ -228,6 +486,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ae-anomaly: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from ae_anomaly.sources import is_transient
+
+        if args.verbose or not is_transient(exc):
+            raise
+        # Database unreachable (after the retries): one line; nothing was half-written.
+        detail = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
+        print(f"ae-anomaly: error: {type(exc).__name__}: {detail} (transient: the run "
+              "retried and gave up; nothing was half-written, run it again later)",
+              file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,7 +38,18 @@ class _Strict(BaseModel):
 
 # --------------------------------------------------------------------------- data
 class SyntheticConfig(_Strict):
-    """The seeded server-metrics generator used by the demo and the tests."""
+    """The seeded server-metrics generator used by the demo and the tests.
+
+    Attributes:
+        n_entities: servers (entities) to generate.
+        n_metrics: metrics per server (cpu_util, load_avg, mem_used, ...).
+        train_days: days of normal history (the training file).
+        score_days: days after it, with injected anomalies (the file to score).
+        freq: sampling interval (pandas frequency).
+        anomalies_per_entity: anomalies injected per server in the scoring period, kinds
+            in turn: spike, level shift, variance burst, correlation break.
+        seed: the generator's seed (same seed, same data).
+    """
 
     n_entities: int = Field(3, ge=1)
     n_metrics: int = Field(8, ge=2)
@@ -53,6 +64,31 @@ class DataConfig(_Strict):
     """Where training and scoring data come from and how to read them.
 
     ``train`` and ``score`` are a file (CSV or Parquet) or a folder of such files.
+
+    Network flows: ``flows`` names a flow data set description (``configs/datasets/*.yaml``)
+    and then ``train`` / ``score`` hold flow records (a file, folder or glob). With
+    ``flow_mode: aggregate`` the flows become per-entity series (the description's
+    ``aggregate`` section) scored by the time-series detector; with ``rows`` every flow is
+    scored by a row detector (``dense_ae``, ``vae``, ``rae``, ... with ``arch: dense``).
+
+    Attributes:
+        train: training data: a file or folder (``{home}`` allowed).
+        score: data to score (``ae-anomaly score`` default input).
+        format: ``auto`` detects long form (metric/value columns) or wide form; ``smd`` reads
+            an SMD benchmark folder.
+        timestamp_col: name of the timestamp column.
+        entity_col: name of the entity column (optional in files: one series without it).
+        metric_col: long form: the column naming the metric.
+        value_col: long form: the column holding the value.
+        metrics: the metric columns to use (default: every non-key column).
+        nan_policy: missing values: ``ffill`` (fill short gaps, reject long ones), ``drop``
+            (drop rows), ``error`` (reject).
+        max_nan_fill: ``ffill``: the longest gap (in steps) filled.
+        read_chunk_rows: rows read per chunk (bounds memory when scoring large files).
+        synthetic: the demo's data generator.
+        flows: flow data set description (YAML); when set, train/score hold flow records.
+        flow_mode: flows: per-entity series (``aggregate``) or one score per flow (``rows``).
+        flow_max_categories: rows mode: most frequent training categories kept per column.
     """
 
     train: str | None = None
@@ -67,17 +103,34 @@ class DataConfig(_Strict):
     max_nan_fill: int = Field(5, ge=0)
     read_chunk_rows: int = Field(200_000, ge=1000)
     synthetic: SyntheticConfig = SyntheticConfig()
+    flows: str | None = Field(
+        None, description="flow data set description (YAML); set: train/score hold flows")
+    flow_mode: Literal["rows", "aggregate"] = Field(
+        "aggregate", description="flows: per-entity series (aggregate) or one score per flow")
+    flow_max_categories: int = Field(
+        50, ge=1, description="rows mode: most frequent training categories kept per column")
 
 
 class WindowConfig(_Strict):
-    """Sliding windows over each entity's series."""
+    """Sliding windows over each entity's series.
+
+    Attributes:
+        length: steps per window (the network's receptive field; scoring needs at least
+            this many steps per entity).
+        train_stride: steps between training windows (scoring always uses stride 1).
+    """
 
     length: int = Field(64, ge=4)
     train_stride: int = Field(1, ge=1)
 
 
 class PreprocessConfig(_Strict):
-    """Per-channel scaling fitted on the training slice only."""
+    """Per-channel scaling fitted on the training slice only.
+
+    Attributes:
+        scaler: ``standard`` (mean/std), ``robust`` (median/IQR) or ``minmax``.
+        clip: clip scaled values to [-clip, clip] (None: no clipping).
+    """
 
     scaler: Literal["standard", "robust", "minmax"] = "standard"
     clip: float | None = Field(20.0, gt=0)
@@ -85,13 +138,28 @@ class PreprocessConfig(_Strict):
 
 # --------------------------------------------------------------------------- models
 class _AEBase(_Strict):
+    """Options every autoencoder honours.
+
+    Attributes:
+        latent_dim: size of the code (bottleneck).
+        dropout: dropout probability in the encoder (and, for dense layers, the decoder).
+        l1_activity: weight of the L1 activity penalty on the code (sparse codes); added to
+            the training loss as ``l1_activity * mean(|code|)``. L2 weight decay is
+            ``training.weight_decay``.
+    """
+
     latent_dim: int = Field(16, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
     l1_activity: float = Field(0.0, ge=0)
 
 
 class ConvAEConfig(_AEBase):
-    """1D-convolutional autoencoder over (channels, window) tensors."""
+    """1D-convolutional autoencoder over (channels, window) tensors.
+
+    Attributes:
+        channels: output channels of the strided Conv1d blocks (each halves the time axis).
+        kernel_size: convolution kernel size.
+    """
 
     name: Literal["conv_ae"] = "conv_ae"
     channels: list[int] = Field(default_factory=lambda: [32, 32])
@@ -99,17 +167,173 @@ class ConvAEConfig(_AEBase):
 
 
 class DenseAEConfig(_AEBase):
-    """Fully connected autoencoder; windows are flattened."""
+    """Fully connected autoencoder; windows are flattened.
+
+    Attributes:
+        hidden: hidden layer sizes of the encoder (mirrored by the decoder).
+    """
 
     name: Literal["dense_ae"] = "dense_ae"
     hidden: list[int] = Field(default_factory=lambda: [128, 64])
 
 
-ModelConfig = Annotated[ConvAEConfig | DenseAEConfig, Field(discriminator="name")]
+class _BackboneAEBase(_AEBase):
+    """Families that wrap the convolutional or the dense architecture.
+
+    Attributes:
+        arch: ``conv`` (the ``conv_ae`` network; windows only) or ``dense`` (the
+            ``dense_ae`` network; windows or tabular rows).
+        channels: conv blocks' output channels (``arch: conv``).
+        kernel_size: conv kernel size (``arch: conv``).
+        hidden: dense hidden layer sizes (``arch: dense``).
+    """
+
+    arch: Literal["conv", "dense"] = "conv"
+    channels: list[int] = Field(default_factory=lambda: [32, 32])
+    kernel_size: int = Field(5, ge=1)
+    hidden: list[int] = Field(default_factory=lambda: [128, 64])
+
+
+class DenoisingAEConfig(_BackboneAEBase):
+    """Denoising autoencoder: trains on corrupted input against the clean target.
+
+    Corruption is applied in training mode only; validation and scoring see clean input.
+    Inputs are standardised, so ``noise_std`` is in units of a channel's standard deviation
+    and a masked element is set to 0 (the channel's training mean).
+
+    Attributes:
+        noise_std: standard deviation of the additive Gaussian noise.
+        mask_prob: probability that an input element is masked (set to 0).
+    """
+
+    name: Literal["denoising"] = "denoising"
+    noise_std: float = Field(0.1, ge=0)
+    mask_prob: float = Field(0.1, ge=0, lt=1)
+
+
+class ContractiveAEConfig(_BackboneAEBase):
+    """Contractive autoencoder: MSE plus ``contractive_weight * ||J_encoder(x)||_F^2``.
+
+    The squared Frobenius norm of the encoder's Jacobian is computed with vector-Jacobian
+    products vectorised by ``torch.func.vmap`` (no Python loop over outputs), averaged over
+    the batch. It needs gradients, so it is added in training only (the validation loss that
+    drives early stopping is the reconstruction part).
+
+    Attributes:
+        contractive_weight: weight of the Jacobian penalty.
+        jacobian: ``exact`` (one product per code dimension: ``latent_dim`` backward passes)
+            or ``hutchinson`` (an unbiased estimate from ``n_projections`` random
+            Rademacher projections: cheaper for large codes).
+        n_projections: random projections per sample (``jacobian: hutchinson``).
+    """
+
+    name: Literal["contractive"] = "contractive"
+    arch: Literal["conv", "dense"] = "dense"
+    contractive_weight: float = Field(1e-3, ge=0)
+    jacobian: Literal["exact", "hutchinson"] = "exact"
+    n_projections: int = Field(4, ge=1)
+
+
+class VAEConfig(_BackboneAEBase):
+    """Variational autoencoder (beta-VAE when ``beta != 1``).
+
+    The decoder is Gaussian with a learned per-channel standard deviation. Training loss
+    per element: ``mean(NLL) + beta * KL / n_elements`` (the negative ELBO divided by the
+    elements of a window, plus the L1 activity penalty on the posterior mean).
+
+    Attributes:
+        beta: weight of the KL term.
+        score: what ``errors`` returns per element:
+            ``elbo``: negative ELBO per element: the Gaussian NLL of each element at the
+            posterior mean plus the window's KL divided by its number of elements;
+            ``recon_prob``: reconstruction probability (An & Cho 2015): ``-log`` of the
+            element's likelihood averaged over ``mc_samples`` posterior samples (fixed
+            random numbers, so scores are deterministic and independent of batching);
+            ``latent``: encoder-only: squared Mahalanobis distance of the posterior mean
+            under the training latent distribution (Ledoit-Wolf covariance fitted after
+            training), divided by ``latent_dim``, the same for every element of a window.
+        mc_samples: Monte Carlo samples for ``score: recon_prob``.
+    """
+
+    name: Literal["vae"] = "vae"
+    beta: float = Field(1.0, ge=0)
+    score: Literal["elbo", "recon_prob", "latent"] = "elbo"
+    mc_samples: int = Field(16, ge=1)
+
+
+class RAEConfig(_BackboneAEBase):
+    """Regularised (deterministic) autoencoder with ex-post density estimation.
+
+    After Ghosh et al. 2020 ("From variational to deterministic autoencoders"): the loss is
+    MSE plus ``latent_l2 * mean(||z||^2 / 2)`` (use ``training.weight_decay`` for the
+    decoder regularisation of RAE-L2). After training a Gaussian mixture (full covariances)
+    is fitted on the training codes. Element-wise score::
+
+        (x - x_hat)^2 + latent_weight * (-log p(z) - c) / latent_dim
+
+    where ``-log p(z)`` is the window code's negative log-density under the mixture and
+    ``c`` its mean over the training codes: the latent term is in nats per latent dimension,
+    about 0 on normal data, and is added to every element of the window.
+
+    Attributes:
+        latent_l2: weight of the L2 penalty on the code.
+        gmm_components: mixture components (fewer when there are fewer training windows).
+        latent_weight: weight of the latent term in the score (0: reconstruction only).
+    """
+
+    name: Literal["rae"] = "rae"
+    latent_l2: float = Field(1e-3, ge=0)
+    gmm_components: int = Field(4, ge=1)
+    latent_weight: float = Field(1.0, ge=0)
+
+
+class CVAEConfig(VAEConfig):
+    """Conditional VAE: encoder and decoder also take a context vector per window.
+
+    The context of a window describes its last step: hour-of-day and day-of-week as
+    sin/cos pairs (4 features), and optionally the entity as a hashed one-hot vector, so
+    behaviour that is normal at that time (or for that entity) is not flagged. All VAE
+    options apply (``beta``, ``score``, ``mc_samples``).
+
+    Attributes:
+        time_features: include the hour-of-day / day-of-week features.
+        entity_buckets: size of the entity one-hot (the entity name is hashed into a
+            bucket; 0 leaves the entity out).
+    """
+
+    name: Literal["cvae"] = "cvae"  # type: ignore[assignment]
+    time_features: bool = True
+    entity_buckets: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _has_context(self) -> CVAEConfig:
+        if not self.time_features and self.entity_buckets == 0:
+            raise ValueError("cvae needs a context: time_features or entity_buckets > 0")
+        return self
+
+
+ModelConfig = Annotated[
+    ConvAEConfig | DenseAEConfig | DenoisingAEConfig | ContractiveAEConfig | VAEConfig
+    | RAEConfig | CVAEConfig,
+    Field(discriminator="name"),
+]
 
 
 class TrainingConfig(_Strict):
-    """The one training loop's settings."""
+    """The one training loop's settings.
+
+    Attributes:
+        epochs: maximum epochs.
+        batch_size: windows (or rows) per gradient step.
+        lr: Adam learning rate.
+        weight_decay: L2 weight decay (regularisation of every model).
+        patience: epochs without validation improvement before stopping (best weights kept).
+        val_fraction: share of each entity's fitting slice (its end) used for validation.
+        seed: seeds initialisation and shuffling (same seed, same model).
+        num_threads: torch CPU threads (None: torch's default).
+        device: ``auto`` uses CUDA when present.
+        progress: show a progress bar with the loss per epoch.
+    """
 
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(256, ge=1)
@@ -125,7 +349,21 @@ class TrainingConfig(_Strict):
 
 # --------------------------------------------------------------------------- calibration
 class CalibrationConfig(_Strict):
-    """How the alarm threshold is fitted on held-out normal data."""
+    """How the alarm threshold is fitted on held-out normal data.
+
+    Attributes:
+        method: ``conformal`` (split-conformal quantile, finite-sample guarantee), ``pot``
+            (extreme-value tail fit, for alpha below 1/n), ``quantile`` and ``k_sigma`` (for
+            comparison, no guarantee), ``best_f1`` (needs labels; reported as such).
+        alpha: target false-alarm rate per step on normal data.
+        calibration_fraction: share of each entity's training series (its end) held out
+            for the threshold, never trained on.
+        pot_initial_quantile: ``pot``: quantile above which the tail is fitted.
+        k: ``k_sigma``: the number of standard deviations.
+        max_alerts_per_day: alert budget per entity; when set it replaces ``alpha``
+            (converted with the data's sampling rate).
+        per_entity: fit one threshold per entity (each on its own calibration slice).
+    """
 
     method: Literal["conformal", "pot", "quantile", "k_sigma", "best_f1"] = "conformal"
     alpha: float = Field(0.001, gt=0, lt=0.5)
@@ -133,10 +371,20 @@ class CalibrationConfig(_Strict):
     pot_initial_quantile: float = Field(0.98, gt=0.5, lt=1)
     k: float = Field(3.0, gt=0)
     max_alerts_per_day: float | None = Field(None, gt=0)
+    per_entity: bool = False
 
 
 class EventsConfig(_Strict):
-    """Rules that turn flagged points into events (shared by scoring and benchmarks)."""
+    """Rules that turn flagged points into events (shared by scoring and benchmarks).
+
+    Attributes:
+        k: an alarm needs at least ``k`` flagged steps ...
+        n: ... among the last ``n`` steps (1 of 1: every flagged step alarms).
+        merge_gap: alarms separated by at most this many quiet steps form one event.
+        min_duration: events shorter than this (steps) are dropped.
+        cooldown: after an event ends, new alarms of the entity within this many steps are
+            suppressed.
+    """
 
     k: int = Field(1, ge=1)
     n: int = Field(1, ge=1)
@@ -152,7 +400,12 @@ class EventsConfig(_Strict):
 
 
 class ScoringConfig(_Strict):
-    """Batch scoring settings."""
+    """Batch scoring settings.
+
+    Attributes:
+        chunk_steps: rows read and scored at a time (memory stays bounded).
+        batch_size: windows per forward pass.
+    """
 
     chunk_steps: int = Field(20_000, ge=16)
     batch_size: int = Field(1024, ge=1)
@@ -160,14 +413,27 @@ class ScoringConfig(_Strict):
 
 # --------------------------------------------------------------------------- outputs
 class SinkConfig(_Strict):
-    """Where flagged events are written (any SQLAlchemy URL)."""
+    """Where flagged events are written (any SQLAlchemy URL).
+
+    Attributes:
+        url: ``sqlite:///{home}/anomalies.db`` or ``postgresql+psycopg://user@host:5432/db``.
+        table: the events table name.
+    """
 
     url: str = "sqlite:///{home}/anomalies.db"
     table: str = "anomaly_events"
 
 
 class TrackingConfig(_Strict):
-    """MLflow tracking and registry."""
+    """MLflow tracking and registry.
+
+    Attributes:
+        tracking_uri: MLflow store: ``sqlite:///...`` or a tracking server ``http://...``.
+        artifact_location: where a new experiment stores artifacts.
+        experiment: MLflow experiment name.
+        registered_model: the registered model's name.
+        alias: the alias scoring resolves (``champion``).
+    """
 
     tracking_uri: str = "sqlite:///{home}/mlflow.db"
     artifact_location: str = "{home}/mlartifacts"
@@ -177,10 +443,104 @@ class TrackingConfig(_Strict):
 
 
 class DeploymentConfig(_Strict):
-    """Schedules for the Prefect deployments."""
+    """Schedules for the Prefect deployments.
+
+    Attributes:
+        score_cron: cron schedule of the ``score`` deployment.
+        train_cron: cron schedule of the ``train`` deployment.
+        score_interval_seconds: run ``score`` every so many seconds instead of on
+            ``score_cron`` (short intervals for tests and demos).
+    """
 
     score_cron: str = "*/5 * * * *"
     train_cron: str = "0 2 * * *"
+    score_interval_seconds: float | None = Field(None, gt=0)
+
+
+class SourceConfig(_Strict):
+    """Where scheduled, incremental scoring reads new data (docs/operations.md).
+
+    ``files`` scores ``data.score`` as a whole, once (the batch path of ``ae-anomaly
+    score``). ``folder`` ingests the CSV/Parquet drops that land in ``path`` into a staging
+    table of the sink database, then scores from each entity's watermark. ``sql`` scores
+    from each entity's watermark in a raw metrics table (``url``, ``table``; wide or long
+    form, column names from the ``data`` section).
+
+    Attributes:
+        kind: ``files``, ``folder`` or ``sql``.
+        path: the landing folder (``folder``).
+        url: SQLAlchemy URL of the raw metrics database (``sql``).
+        table: raw metrics table (``sql``).
+        since: ignore data before this timestamp (ISO 8601, UTC); default: all data.
+        settle_seconds: a landing file modified more recently than this is still being
+            written and waits for a later attempt.
+        temp_suffixes: names ending so (or starting with ``.`` or ``~``) are files still
+            being written, ignored until renamed.
+        processed_dir: sub-folder of ``path`` that ingested files move to.
+        quarantine_dir: sub-folder of ``path`` that invalid files move to, each with a
+            ``<name>.reason.txt``.
+        staging_table: table of the sink database that holds ingested landing data.
+        retries: attempts after the first for transient errors (database unavailable,
+            file still being written).
+        retry_delay_seconds: first retry delay; doubled for each later retry.
+    """
+
+    kind: Literal["files", "folder", "sql"] = "files"
+    path: str | None = None
+    url: str | None = None
+    table: str = "metrics"
+    since: str | None = None
+    settle_seconds: float = Field(10.0, ge=0)
+    temp_suffixes: list[str] = Field(default_factory=lambda: [
+        ".tmp", ".part", ".partial", ".inprogress", ".writing", ".crdownload", ".filepart"])
+    processed_dir: str = "processed"
+    quarantine_dir: str = "quarantine"
+    staging_table: str = "landing_metrics"
+    retries: int = Field(4, ge=0)
+    retry_delay_seconds: float = Field(2.0, ge=0)
+
+    @model_validator(mode="after")
+    def _where(self) -> SourceConfig:
+        if self.kind == "folder" and not self.path:
+            raise ValueError("source.kind 'folder' needs source.path (the landing folder)")
+        if self.kind == "sql" and not self.url:
+            raise ValueError("source.kind 'sql' needs source.url (a SQLAlchemy URL)")
+        return self
+
+
+class PromotionConfig(_Strict):
+    """Gates a challenger must pass to become ``champion`` (``ae-anomaly promote``).
+
+    Both models score the same evaluation window: ``eval_data`` when set (a file or folder;
+    a ``label_col`` column, 1 = anomalous, enables the quality gate), otherwise the newest
+    ``eval_steps`` steps per entity of the incremental source, otherwise ``data.score``.
+
+    Attributes:
+        auto: the training flow runs promotion after registering a challenger.
+        eval_data: evaluation file or folder.
+        eval_steps: newest steps per entity read from the source when ``eval_data`` is unset.
+        label_col: label column of ``eval_data``.
+        metric: labelled quality metric (``auc_pr``, ``auc_roc`` or ``f1`` at the threshold).
+        tolerance: the challenger's quality may be at most this much below the champion's.
+        max_alert_rate: budget: flagged fraction of evaluation steps.
+        max_alert_increase: unlabelled: the challenger may raise at most
+            ``(1 + max_alert_increase) * champion events + 1`` events.
+        max_score_shift: median evaluation score over median calibration score must stay
+            below this (a model that finds recent normal data unusual is refused).
+        min_calibration: smallest calibration set (steps) the challenger's threshold may
+            rest on.
+    """
+
+    auto: bool = False
+    eval_data: str | None = None
+    eval_steps: int = Field(2880, ge=16)
+    label_col: str = "label"
+    metric: Literal["auc_pr", "auc_roc", "f1"] = "auc_pr"
+    tolerance: float = Field(0.02, ge=0)
+    max_alert_rate: float = Field(0.02, gt=0, le=1)
+    max_alert_increase: float = Field(0.5, ge=0)
+    max_score_shift: float = Field(3.0, gt=0)
+    min_calibration: int = Field(500, ge=1)
 
 
 class AppConfig(_Strict):
@@ -197,6 +557,8 @@ class AppConfig(_Strict):
     sink: SinkConfig = SinkConfig()
     tracking: TrackingConfig = TrackingConfig()
     deployment: DeploymentConfig = DeploymentConfig()
+    source: SourceConfig = SourceConfig()
+    promotion: PromotionConfig = PromotionConfig()
 
 
 # --------------------------------------------------------------------------- loading

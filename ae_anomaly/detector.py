@@ -7,6 +7,12 @@ score is its mean over channels, and the channel errors say which metrics drove 
 Training data of each entity is split in time: the first part fits the scaler and the
 network (its tail, ``training.val_fraction``, drives early stopping), and the last
 ``calibration.calibration_fraction`` is never trained on: the threshold is fitted there.
+After the training loop the network's ``post_fit`` hook sees the training windows (latent
+statistics, a mixture on the codes) before the threshold is fitted.
+
+A network that declares ``needs_context`` (the conditional VAE) gets one context vector per
+window: the network's ``context_features`` of the window's last step, computed from the
+timestamps (and the entity) of the series; scoring such a model needs the timestamps.
 """
 
 from __future__ import annotations
@@ -35,10 +41,11 @@ from ae_anomaly.config import (
     WindowConfig,
 )
 from ae_anomaly.data.preprocessing import Scaler
-from ae_anomaly.data.timeseries import ENTITY, metric_columns
+from ae_anomaly.data.timeseries import ENTITY, TS, metric_columns
 from ae_anomaly.data.windowing import overlap_sum, sliding_windows, window_coverage
 from ae_anomaly.errors import AeAnomalyError, DataError
-from ae_anomaly.models import AutoEncoder, build_model
+from ae_anomaly.models import AutoEncoder, Samples, build_model
+from ae_anomaly.models.base import n_samples
 from ae_anomaly.training import TrainHistory, resolve_device, seed_everything, train_network
 
 log = logging.getLogger(__name__)
@@ -59,11 +66,16 @@ def _versions() -> dict[str, str]:
 
 @dataclass
 class TrainingSplit:
-    """Per-entity time slices of the training data (scaled values)."""
+    """Per-entity time slices of the training data (raw values), with their timestamps
+    (None when the frame has no timestamp column) and entity names."""
 
     fit: list[np.ndarray] = field(default_factory=list)
     val: list[np.ndarray] = field(default_factory=list)
     cal: list[np.ndarray] = field(default_factory=list)
+    fit_ts: list[np.ndarray | None] = field(default_factory=list)
+    val_ts: list[np.ndarray | None] = field(default_factory=list)
+    cal_ts: list[np.ndarray | None] = field(default_factory=list)
+    entities: list[str] = field(default_factory=list)
 
 
 class Detector:
@@ -102,6 +114,7 @@ class Detector:
         raw = TrainingSplit()
         for ent, grp in frame.groupby(ENTITY, sort=False):
             v = grp[self.feature_names_].to_numpy(dtype=np.float64)
+            ts = grp[TS].to_numpy() if TS in grp.columns else None
             n = len(v)
             n_cal = int(round(n * self.calibration.calibration_fraction))
             n_fit_all = n - n_cal
@@ -111,19 +124,49 @@ class Detector:
                 raise DataError(
                     f"entity '{ent}' has {n} training steps: too few for window "
                     f"{length} with a {self.calibration.calibration_fraction:.0%} calibration "
-                    f"slice (need at least {int(2 * length / self.calibration.calibration_fraction)})"
+                    f"slice (need at least "
+                    f"{int(2 * length / self.calibration.calibration_fraction)})"
                 )
+            n_val_kept = n_val if n_val >= length else 0
             raw.fit.append(v[:n_fit])
-            raw.val.append(v[n_fit:n_fit_all] if n_val >= length else v[:0])
+            raw.val.append(v[n_fit:n_fit + n_val_kept])
             raw.cal.append(v[n_fit_all:])
+            raw.fit_ts.append(None if ts is None else ts[:n_fit])
+            raw.val_ts.append(None if ts is None else ts[n_fit:n_fit + n_val_kept])
+            raw.cal_ts.append(None if ts is None else ts[n_fit_all:])
+            raw.entities.append(str(ent))
         return raw, np.concatenate(raw.fit)
 
-    def _windows(self, parts: list[np.ndarray], stride: int) -> torch.Tensor:
-        wins = [sliding_windows(self.scaler_.transform(p), self.window.length, stride)
-                for p in parts if len(p) >= self.window.length]
+    def _window_context(self, timestamps: np.ndarray | None, entity: str | None,
+                        n_windows: int, stride: int = 1) -> torch.Tensor | None:
+        """One context vector per window (its last step's), or None for plain networks."""
+        if not self.network_.needs_context:
+            return None
+        if timestamps is None:
+            raise DataError(f"model '{self.model.name}' conditions on time: the data needs a "
+                            f"'{TS}' column", column=TS)
+        steps = self.network_.context_features(np.asarray(timestamps), entity)
+        ctx = steps[self.window.length - 1::stride][:n_windows]
+        return torch.from_numpy(np.ascontiguousarray(ctx, dtype=np.float32))
+
+    def _samples(self, parts: list[np.ndarray], timestamps: list[np.ndarray | None],
+                 entities: list[str], stride: int) -> Samples:
+        """Training samples of the slices: windows, with their context when the network
+        needs one."""
+        wins, ctxs = [], []
+        for p, ts, ent in zip(parts, timestamps, entities, strict=True):
+            if len(p) < self.window.length:
+                continue
+            w = sliding_windows(self.scaler_.transform(p), self.window.length, stride)
+            wins.append(w)
+            ctx = self._window_context(ts, ent, len(w), stride)
+            if ctx is not None:
+                ctxs.append(ctx)
         if not wins:
-            return torch.empty(0)
-        return torch.from_numpy(np.ascontiguousarray(np.concatenate(wins)))
+            x = torch.empty(0)
+            return (x, torch.empty(0)) if self.network_.needs_context else x
+        x = torch.from_numpy(np.ascontiguousarray(np.concatenate(wins)))
+        return (x, torch.cat(ctxs)) if ctxs else x
 
     def fit(
         self,
@@ -145,19 +188,31 @@ class Detector:
         self.feature_names_ = metric_columns(frame)
         raw, fit_rows = self._split(frame)
         self.scaler_ = Scaler(self.preprocess.scaler, self.preprocess.clip).fit(fit_rows)
-        train = self._windows(raw.fit, self.window.train_stride)
-        val = self._windows(raw.val, max(1, self.window.train_stride))
         self.network_: AutoEncoder = build_model(
             self.model, len(self.feature_names_), self.window.length
         )
+        stride = self.window.train_stride
+        train = self._samples(raw.fit, raw.fit_ts, raw.entities, stride)
+        val = self._samples(raw.val, raw.val_ts, raw.entities, stride)
         self.history_: TrainHistory = train_network(self.network_, train, val, self.training,
                                                     on_epoch=on_epoch,
                                                     desc=f"train {self.model.name}")
-        cal_scores = np.concatenate([self.score_values(self.scaler_.transform(p))[0]
-                                     for p in raw.cal])
-        self.rule_: ThresholdRule = rule_from_config(self.calibration).fit(cal_scores)
+        self.network_.post_fit(train)
+        self.network_.eval()
+        cal_parts = [
+            self.score_values(self.scaler_.transform(p), timestamps=ts, entity=ent)[0]
+            for p, ts, ent in zip(raw.cal, raw.cal_ts, raw.entities, strict=True)]
+        cal_scores = np.concatenate(cal_parts)
+        self.steps_per_day_ = _steps_per_day(frame)
+        self.rule_: ThresholdRule = self._new_rule().fit(cal_scores)
         self.threshold_ = float(self.rule_.threshold_)
-        self.n_train_windows_ = len(train)
+        # Per-entity thresholds: each entity's own calibration slice, for fleets whose
+        # members differ in how well the shared model reconstructs them.
+        self.entity_rules_: dict[str, ThresholdRule] = {}
+        if self.calibration.per_entity:
+            self.entity_rules_ = {ent: self._new_rule().fit(sc)
+                                  for ent, sc in zip(raw.entities, cal_parts, strict=True)}
+        self.n_train_windows_ = n_samples(train)
         self.data_fingerprint_ = hashlib.sha256(
             np.ascontiguousarray(frame[self.feature_names_].to_numpy(np.float64)).tobytes()
         ).hexdigest()[:16]
@@ -169,11 +224,24 @@ class Detector:
     def _device(self) -> torch.device:
         return next(self.network_.parameters()).device
 
-    def block_errors(self, scaled: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    def block_errors(self, scaled: np.ndarray, batch_size: int = 1024,
+                     timestamps: np.ndarray | None = None,
+                     entity: str | None = None) -> np.ndarray:
         """Per-step, per-channel error of a contiguous scaled block (T, C) -> (T, C).
 
         Every window of the block is scored; the steps near the block's ends are covered by
         fewer windows. Memory is bounded by ``batch_size`` windows at a time.
+
+        Args:
+            scaled: the block's scaled values, time along axis 0.
+            batch_size: windows per forward pass.
+            timestamps: the block's timestamps (T,); required when the network needs a
+                context (``needs_context``), ignored otherwise.
+            entity: the block's entity, for a network whose context includes it.
+
+        Raises:
+            DataError: a block shorter than the window, or no timestamps for a network that
+                conditions on time.
         """
         length = self.window.length
         t, c = scaled.shape
@@ -181,21 +249,25 @@ class Detector:
             raise DataError(f"a series of {t} steps is shorter than the window ({length})")
         wins = sliding_windows(scaled, length, 1)
         n = len(wins)
+        ctx = self._window_context(timestamps, entity, n)
         total = torch.zeros((t, c), dtype=torch.float64)
         net, dev = self.network_, self._device()
         net.eval()
         with torch.inference_mode():
             for i in range(0, n, batch_size):
                 xb = torch.from_numpy(np.ascontiguousarray(wins[i:i + batch_size])).to(dev)
-                err = net.errors(xb, net(xb)).to("cpu", torch.float64)
+                extra = () if ctx is None else (ctx[i:i + batch_size].to(dev),)
+                err = net.errors(xb, net(xb, *extra)).to("cpu", torch.float64)
                 steps = len(xb) - 1 + length
                 total[i:i + steps] += overlap_sum(err, steps)
         return (total / window_coverage(n, length)[:, None]).numpy()
 
-    def score_values(self, scaled: np.ndarray, batch_size: int = 1024
+    def score_values(self, scaled: np.ndarray, batch_size: int = 1024,
+                     timestamps: np.ndarray | None = None, entity: str | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:
-        """Scores (T,) and channel errors (T, C) of one entity's whole scaled series."""
-        ch = self.block_errors(scaled, batch_size)
+        """Scores (T,) and channel errors (T, C) of one entity's whole scaled series
+        (``timestamps`` and ``entity`` as in :meth:`block_errors`)."""
+        ch = self.block_errors(scaled, batch_size, timestamps=timestamps, entity=entity)
         return ch.mean(axis=1), ch
 
     def _check_features(self, frame: pd.DataFrame) -> None:
@@ -214,18 +286,40 @@ class Detector:
         out = np.full(len(frame), np.nan)
         groups = frame.groupby(ENTITY, sort=False).indices if ENTITY in frame.columns else {
             None: np.arange(len(frame))}
-        for idx in groups.values():
-            values = frame[self.feature_names_].to_numpy(np.float64)[idx]
-            out[idx] = self.score_values(self.scaler_.transform(values))[0]
+        values = frame[self.feature_names_].to_numpy(np.float64)
+        ts_all = frame[TS].to_numpy() if TS in frame.columns else None
+        for ent, idx in groups.items():
+            out[idx] = self.score_values(
+                self.scaler_.transform(values[idx]),
+                timestamps=None if ts_all is None else ts_all[idx],
+                entity=None if ent is None else str(ent),
+            )[0]
         return out
 
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        """True where a row's score exceeds the calibrated threshold."""
-        return self.score(frame) > self.threshold_
+    def _new_rule(self) -> ThresholdRule:
+        return rule_from_config(self.calibration, steps_per_day=self.steps_per_day_)
 
-    def p_values(self, scores: np.ndarray) -> np.ndarray:
-        """Conformal p-values of scores against the calibration set."""
-        return self.rule_.p_values(scores)
+    def rule_for(self, entity: str | None) -> ThresholdRule:
+        """The threshold rule of an entity (its own with ``per_entity``, else the global)."""
+        return self.entity_rules_.get(str(entity), self.rule_)
+
+    def threshold_for(self, entity: str | None) -> float:
+        """The alarm threshold of an entity; entities unseen in training get the global one."""
+        return float(self.rule_for(entity).threshold_)
+
+    def row_thresholds(self, frame: pd.DataFrame) -> np.ndarray:
+        """The threshold that applies to each row of a frame (per entity where fitted)."""
+        if ENTITY not in frame.columns or not self.entity_rules_:
+            return np.full(len(frame), self.threshold_)
+        return frame[ENTITY].astype(str).map(self.threshold_for).to_numpy(np.float64)
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """True where a row's score exceeds its entity's calibrated threshold."""
+        return self.score(frame) > self.row_thresholds(frame)
+
+    def p_values(self, scores: np.ndarray, entity: str | None = None) -> np.ndarray:
+        """Conformal p-values of scores against the (entity's) calibration set."""
+        return self.rule_for(entity).p_values(scores)
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
@@ -241,6 +335,8 @@ class Detector:
             "scaler": self.scaler_.to_dict(),
             "threshold": self.threshold_,
             "rule": self.rule_.to_dict(),
+            "entity_rules": {e: r.to_dict() for e, r in self.entity_rules_.items()},
+            "steps_per_day": self.steps_per_day_,
             "history": {"train_loss": self.history_.train_loss,
                         "val_loss": self.history_.val_loss,
                         "best_epoch": self.history_.best_epoch,
@@ -279,6 +375,9 @@ class Detector:
         det.scaler_ = Scaler.from_dict(d["scaler"])
         det.threshold_ = float(d["threshold"])
         det.rule_ = ThresholdRule.from_dict(d["rule"])
+        det.entity_rules_ = {e: ThresholdRule.from_dict(r)
+                             for e, r in d.get("entity_rules", {}).items()}
+        det.steps_per_day_ = d.get("steps_per_day")
         h = d["history"]
         det.history_ = TrainHistory(h["train_loss"], h["val_loss"], h["best_epoch"], h["seconds"])
         det.n_train_windows_ = d["n_train_windows"]
@@ -289,3 +388,47 @@ class Detector:
         det.network_.to(resolve_device(det.training.device)).eval()
         return det
 
+
+
+def _steps_per_day(frame: pd.DataFrame) -> float | None:
+    """Sampling rate of a training frame (median step per entity), None without timestamps."""
+    if TS not in frame.columns or len(frame) < 2:
+        return None
+    ts = frame[TS].to_numpy().astype("datetime64[ns]").astype(np.int64)
+    same = frame[ENTITY].to_numpy()[1:] == frame[ENTITY].to_numpy()[:-1] \
+        if ENTITY in frame.columns else np.ones(len(frame) - 1, dtype=bool)
+    steps = np.diff(ts)[same]
+    steps = steps[steps > 0]
+    if not len(steps):
+        return None
+    return float(86_400e9 / np.median(steps))
+
+
+def sample_windows(detector: Detector, n: int, seed: int = 0) -> np.ndarray:
+    """Generate ``n`` new normal-looking windows from a fitted generative detector.
+
+    The network decodes ``n`` codes drawn from its latent model (``rae``: the Gaussian
+    mixture fitted on the training codes; ``vae``: the prior), and the scaling is undone.
+
+    Args:
+        detector: a fitted detector whose network has a ``sample`` method.
+        n: number of windows.
+        seed: seed of the draws (the same seed gives the same windows).
+
+    Returns:
+        ``(n, C, L)`` windows in the original units; channels follow
+        ``detector.feature_names_``.
+
+    Raises:
+        AeAnomalyError: the detector's model cannot sample.
+    """
+    sample = getattr(detector.network_, "sample", None)
+    if sample is None or getattr(detector.network_, "needs_context", False):
+        raise AeAnomalyError(f"model '{detector.model.name}' cannot generate windows; "
+                             "use rae or vae")
+    scaled = sample(n, generator=torch.Generator().manual_seed(seed))
+    x = scaled.to("cpu", torch.float64).numpy()
+    scaler = detector.scaler_
+    assert scaler.center_ is not None and scaler.scale_ is not None
+    # Undo the per-channel scaling (clipping cannot be undone; samples stay inside it).
+    return x * scaler.scale_[None, :, None] + scaler.center_[None, :, None]

@@ -2,6 +2,8 @@
 
 Order of a training run: ``load_training_frame`` -> ``fit_detector`` -> ``log_and_register``.
 Order of a scoring run: ``load_champion`` -> ``score_inputs`` -> ``write_events``.
+Order of a scheduled (incremental) run: ``load_champion`` -> ``ingest_landing`` (landing
+folder only) -> ``score_increment``; promotion: ``promote``.
 """
 
 from __future__ import annotations
@@ -13,15 +15,32 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from ae_anomaly.config import AppConfig, expand_path, state_home
 from ae_anomaly.data.synthetic import generate_server_metrics
-from ae_anomaly.data.timeseries import read_smd, read_timeseries, smd_machines
+from ae_anomaly.data.timeseries import list_data_files, read_smd, read_timeseries, smd_machines
 from ae_anomaly.detector import Detector
-from ae_anomaly.errors import ConfigError
-from ae_anomaly.scoring.job import ModelRef, ScoreResult, score_files, to_records
+from ae_anomaly.errors import ConfigError, ModelNotFoundError
+from ae_anomaly.scoring.incremental import IncrementalScorer, IncrementResult
+from ae_anomaly.scoring.job import ModelRef, score_files, to_records
 from ae_anomaly.sinks import SqlSink
+from ae_anomaly.sources import (
+    FileNotReady,
+    IngestReport,
+    LandingFolder,
+    SqlMetricsSource,
+    open_sql_source,
+    parse_ts,
+    pid_tag,
+)
 from ae_anomaly.tracking import Tracker
+from ae_anomaly.tracking.promotion import (
+    CHALLENGER,
+    PromotionDecision,
+    load_version,
+    run_promotion,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +85,10 @@ def load_training_frame(cfg: AppConfig) -> pd.DataFrame:
     if not cfg.data.train:
         raise ConfigError("data.train is not set: give a file or folder (--set data.train=PATH)")
     path = expand_path(cfg.data.train)
+    if cfg.data.flows:  # network flows: per-entity series (aggregate) or flow rows
+        from ae_anomaly.scoring.flows import load_flow_training_frame
+
+        return load_flow_training_frame(cfg)
     if cfg.data.format == "smd":
         frames = [read_smd(path, m, "train")[0] for m in smd_machines(path)]
         return pd.concat(frames, ignore_index=True)
@@ -83,6 +106,10 @@ def fit_detector(cfg: AppConfig, frame: pd.DataFrame, tracker: Tracker | None = 
                  run_id: str | None = None) -> Detector:
     """Fit a detector; per-epoch losses go to the MLflow run when one is given."""
     on_epoch = tracker.epoch_logger(run_id) if tracker and run_id else None
+    if cfg.data.flows:
+        from ae_anomaly.scoring.flows import fit_flow_detector
+
+        return fit_flow_detector(cfg, frame, on_epoch=on_epoch)
     return Detector.from_config(cfg).fit(frame, on_epoch=on_epoch)
 
 
@@ -97,30 +124,170 @@ class Registration:
 
 def log_and_register(cfg: AppConfig, det: Detector, frame: pd.DataFrame, tracker: Tracker,
                      run_id: str) -> Registration:
-    """Log calibration statistics and the model, register it, alias it ``champion`` if first."""
+    """Log calibration statistics and the model, register it as ``challenger``; the first
+    version of a model also becomes ``champion``."""
     report = tracker.log_training(run_id, det)
     ref = tracker.log_detector(run_id, det, frame)
+    tracker.set_alias(CHALLENGER, ref.version)
     champion_set = tracker.ensure_alias(ref.version)
     tracker.end_run(run_id)
     return Registration(ref, champion_set, report)
 
 
 # ------------------------------------------------------------------------- scoring
-def score_inputs(cfg: AppConfig, det: Detector, paths: list[str] | None = None) -> ScoreResult:
-    """Score the configured (or given) files and folders with a detector."""
+def score_inputs(cfg: AppConfig, det: Detector, paths: list[str] | None = None,
+                 model: ModelRef | None = None) -> Any:
+    """Score the configured (or given) files and folders with a detector.
+
+    Returns a :class:`ScoreResult`, or for network flows (``data.flows``) a
+    ``FlowScoreResult`` whose records already name ``model``.
+    """
     targets = paths or ([cfg.data.score] if cfg.data.score else [])
     if not targets:
         raise ConfigError("data.score is not set: give a file or folder (--set data.score=PATH)")
+    if cfg.data.flows:
+        from ae_anomaly.scoring.flows import score_flow_inputs
+
+        return score_flow_inputs(cfg, det, model or ModelRef("unregistered", "0", ""), targets)
     return score_files(det, [expand_path(p) for p in targets], cfg.data, cfg.events,
                        cfg.scoring, progress=cfg.training.progress)
 
 
-def write_events(cfg: AppConfig, det: Detector, model: ModelRef, result: ScoreResult) -> int:
+def write_events(cfg: AppConfig, det: Detector, model: ModelRef, result: Any) -> int:
     """Write a scoring pass's events to the configured sink; returns rows inserted/changed."""
     sink = SqlSink(cfg.sink.url, cfg.sink.table)
+    if cfg.data.flows:
+        return sink.write(result.records)
     return sink.write(to_records(result.events, det, model))
+
+
+def score_counts(result: Any) -> dict[str, Any]:
+    """Events, scored and flagged steps, and files of a batch scoring pass (either kind)."""
+    steps, flagged = result.steps, result.flagged
+    return {"events": len(result.events),
+            "steps": steps if isinstance(steps, int) else sum(steps.values()),
+            "flagged_steps": flagged if isinstance(flagged, int) else sum(flagged.values()),
+            "files": result.files}
 
 
 def read_events(cfg: AppConfig) -> pd.DataFrame:
     """The anomaly table as a frame."""
     return SqlSink(cfg.sink.url, cfg.sink.table).read()
+
+
+# ------------------------------------------------------------------------- scheduled scoring
+def open_sink(cfg: AppConfig) -> SqlSink:
+    """The configured anomaly table (created or migrated on first use)."""
+    return SqlSink(cfg.sink.url, cfg.sink.table)
+
+
+def is_incremental(cfg: AppConfig) -> bool:
+    """Whether scoring reads a watermarked source (``source.kind`` folder or sql)."""
+    return cfg.source.kind in ("folder", "sql")
+
+
+def ingest_landing(cfg: AppConfig, metrics: list[str] | None) -> IngestReport:
+    """Ingest the complete files of the landing folder; quarantine invalid ones.
+
+    Raises:
+        FileNotReady: some files are still being written (after the others were ingested);
+            a retry a little later takes them.
+    """
+    sink = open_sink(cfg)
+    report = LandingFolder(cfg.source, cfg.data, sink.engine, metrics).ingest()
+    if report.not_ready:
+        raise FileNotReady(f"{len(report.not_ready)} landing file(s) still being written: "
+                           f"{', '.join(report.not_ready[:5])}")
+    return report
+
+
+def open_source(cfg: AppConfig, sink: SqlSink | None = None) -> SqlMetricsSource:
+    """The configured incremental source (the landing folder's staging table, or SQL)."""
+    if cfg.source.kind == "folder":
+        sink = sink or open_sink(cfg)
+        return LandingFolder(cfg.source, cfg.data, sink.engine).source(
+            since=parse_ts(cfg.source.since))
+    if cfg.source.kind == "sql":
+        return open_sql_source(cfg.source, cfg.data)
+    raise ConfigError("scheduled scoring reads a landing folder or a SQL table: set "
+                      "source.kind to 'folder' (with source.path) or 'sql' (with source.url)")
+
+
+def score_increment(cfg: AppConfig, det: Detector, model: ModelRef, job_id: str = "",
+                    backfill: tuple[str | None, str | None] | None = None,
+                    entities: list[str] | None = None) -> IncrementResult:
+    """Score every entity of the source from its watermark (or re-score a range).
+
+    Args:
+        cfg: configuration (source, sink, events, scoring).
+        det: the champion's detector, resolved at run start.
+        model: its registered name and version (recorded on every event).
+        job_id: a label of the run (stored with the watermarks).
+        backfill: ``(from, to)`` timestamps (either None for open-ended) to re-score a range
+            instead; watermarks are left as they are.
+        entities: only these entities (default: all of the source).
+    """
+    sink = open_sink(cfg)
+    source = open_source(cfg, sink)
+    scorer = IncrementalScorer(det, model, source, sink, cfg.events, cfg.scoring,
+                               job_id=job_id or pid_tag())
+    if backfill is None:
+        return scorer.run(entities)
+    start, end = (parse_ts(b) for b in backfill)
+    if start is not None and end is not None and end < start:
+        raise ConfigError(f"backfill: --to ({end}) is before --from ({start})")
+    return scorer.backfill(start, end, entities)
+
+
+# ------------------------------------------------------------------------- promotion
+def load_eval_frame(cfg: AppConfig, features: list[str]) -> tuple[pd.DataFrame,
+                                                                  np.ndarray | None]:
+    """The evaluation window for promotion, with labels when the data has them.
+
+    ``promotion.eval_data`` when set, else the newest ``promotion.eval_steps`` steps per
+    entity of the incremental source, else ``data.score``.
+    """
+    pc = cfg.promotion
+    path = pc.eval_data or (None if is_incremental(cfg) else cfg.data.score)
+    if path:
+        path = expand_path(path)
+        label = pc.label_col if _has_column(path, pc.label_col) else None
+        frame = read_timeseries(path, cfg.data, features + ([label] if label else []))
+        labels = None
+        if label:
+            labels = frame.pop(label).to_numpy() != 0
+        return frame, labels
+    if not is_incremental(cfg):
+        raise ConfigError("no evaluation data: set promotion.eval_data (or data.score, or an "
+                          "incremental source)")
+    source = open_source(cfg)
+    frames = []
+    for ent in source.entities():
+        rows = source.rows_before(ent, None, pc.eval_steps, features,
+                                  source.validator(features, ent))
+        if len(rows):
+            frames.append(rows)
+    if not frames:
+        raise ConfigError(f"no evaluation data: {source.name} holds no rows")
+    return pd.concat(frames, ignore_index=True), None
+
+
+def _has_column(path: str, column: str) -> bool:
+    files = list_data_files(path)
+    f = files[0]
+    if f.suffix.lower() == ".csv":
+        return column in pd.read_csv(f, nrows=0).columns
+    return column in pq.ParquetFile(f).schema_arrow.names
+
+
+def promote(cfg: AppConfig, tracker: Tracker, name: str | None = None,
+            challenger: str | None = None) -> PromotionDecision:
+    """Evaluate the challenger against the champion and move ``champion`` if the gates pass."""
+    name = name or cfg.tracking.registered_model
+    version = challenger or tracker.alias_version(CHALLENGER, name)
+    if version is None:
+        raise ModelNotFoundError(f"model '{name}' has no '{CHALLENGER}' alias: train one "
+                                 f"(ae-anomaly train) or pass --challenger VERSION")
+    det = load_version(tracker, name, str(version))[0]
+    frame, labels = load_eval_frame(cfg, list(det.feature_names_))
+    return run_promotion(tracker, cfg, name, str(version), frame, labels)

@@ -1,38 +1,79 @@
-"""Cron deployments for the score and train flows, served by this process.
+"""Deployments for the score and train flows, served by this process.
 
-Run ``ae-anomaly serve`` (or ``python -m flows.serve``) with ``PREFECT_API_URL`` pointing
-at a Prefect server; the schedules come from the config's ``deployment`` section.
+Run ``ae-anomaly serve -c configs/ops.yaml`` (or ``python -m flows.serve CONFIG``) with
+``PREFECT_API_URL`` pointing at a Prefect server (``prefect server start --host
+127.0.0.1``); the schedules come from the config's ``deployment`` section and every run
+gets the config path and overrides as parameters. ``flows/prefect.yaml`` declares the same
+deployments for a work pool (``prefect deploy``). See docs/operations.md.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from prefect import serve
 
 from ae_anomaly.config import load_config
+from ae_anomaly.errors import ConfigError
 from flows.score import score_flow
 from flows.train import train_flow
 
+START_SERVER = "prefect server start --host 127.0.0.1 --port 4200"
+
 
 def build_deployments(config: str | None, overrides: list[str] | None = None) -> list[Any]:
-    """The ``score`` and ``train`` deployments with their cron schedules and parameters."""
+    """The ``score`` and ``train`` deployments with their schedules and parameters."""
     cfg = load_config(config, overrides)
-    params = {"config": config, "overrides": list(overrides or [])}
+    # Runs start in their own processes: give them an absolute config path.
+    params = {"config": str(Path(config).resolve()) if config else None,
+              "overrides": list(overrides or [])}
+    dep = cfg.deployment
+    when: dict[str, Any] = (
+        {"interval": timedelta(seconds=dep.score_interval_seconds)}
+        if dep.score_interval_seconds else {"cron": dep.score_cron})
     return [
-        score_flow.to_deployment(name="score", cron=cfg.deployment.score_cron,
-                                 parameters=params, tags=["ae-anomaly"]),
-        train_flow.to_deployment(name="train", cron=cfg.deployment.train_cron,
-                                 parameters=params, tags=["ae-anomaly"]),
+        score_flow.to_deployment(name="score", parameters=params, tags=["ae-anomaly"],
+                                 description="Score new data with @champion from the "
+                                             "watermarks; write events.", **when),
+        train_flow.to_deployment(name="train", cron=dep.train_cron, parameters=params,
+                                 tags=["ae-anomaly"],
+                                 description="Train and register a challenger "
+                                             "(promotion.auto: promote it)."),
     ]
+
+
+def check_api() -> str:
+    """The configured Prefect API URL, after checking that the server answers.
+
+    Raises:
+        ConfigError: no ``PREFECT_API_URL``, or the server does not answer.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise ConfigError(f"PREFECT_API_URL is not set: start a server ({START_SERVER}) and "
+                          "export PREFECT_API_URL=http://127.0.0.1:4200/api")
+    with get_client(sync_client=True) as client:
+        err = client.api_healthcheck()
+    if err is not None:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"the Prefect API at {url} does not answer ({first}): is "
+                          f"'{START_SERVER}' running?")
+    return url
 
 
 def serve_deployments(config: str | None, overrides: list[str] | None = None) -> None:
     """Register the deployments with the Prefect API and run them as they come due."""
-    serve(*build_deployments(config, overrides))
+    deployments = build_deployments(config, overrides)
+    check_api()
+    serve(*deployments)
 
 
 if __name__ == "__main__":  # pragma: no cover
     import sys
 
-    serve_deployments(sys.argv[1] if len(sys.argv) > 1 else "configs/demo.yaml")
+    serve_deployments(sys.argv[1] if len(sys.argv) > 1 else "configs/demo.yaml", sys.argv[2:])

@@ -1,4 +1,5 @@
-"""Training flow: load data -> fit (MLflow-tracked) -> log, register, alias ``champion``."""
+"""Training flow: load data -> fit (MLflow-tracked) -> log, register as ``challenger``
+(the first version also ``champion``) -> optionally promote (``promotion.auto``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from ae_anomaly import pipeline
 from ae_anomaly.config import AppConfig, load_config
 from ae_anomaly.detector import Detector
 from ae_anomaly.tracking import Tracker
+from ae_anomaly.tracking.promotion import PromotionDecision
 
 
 @task(name="load-training-data", cache_policy=NO_CACHE)
@@ -28,6 +30,11 @@ def fit_detector(cfg: AppConfig, frame: pd.DataFrame, run_id: str) -> Detector:
 def log_and_register(cfg: AppConfig, det: Detector, frame: pd.DataFrame,
                      run_id: str) -> pipeline.Registration:
     return pipeline.log_and_register(cfg, det, frame, Tracker(cfg.tracking), run_id)
+
+
+@task(name="promote-challenger", cache_policy=NO_CACHE)
+def promote_challenger(cfg: AppConfig, version: str) -> PromotionDecision:
+    return pipeline.promote(cfg, Tracker(cfg.tracking), challenger=version)
 
 
 @flow(name="ae-anomaly-train")
@@ -49,8 +56,14 @@ def train_flow(config: str | None = None, overrides: list[str] | None = None) ->
     except BaseException:
         tracker.end_run(run_id, "FAILED")
         raise
-    logger.info("registered %s v%s (threshold %.4g)", reg.model.name, reg.model.version,
-                det.threshold_)
+    logger.info("registered %s v%s as challenger (threshold %.4g)", reg.model.name,
+                reg.model.version, det.threshold_)
+    promotion = None
+    if cfg.promotion.auto and not reg.champion_set:
+        decision = promote_challenger(cfg, reg.model.version)
+        logger.info("%s", decision.table())
+        promotion = {"promoted": decision.promoted, "table": decision.table(),
+                     "run_id": decision.run_id}
     return {
         "model_name": reg.model.name,
         "model_version": reg.model.version,
@@ -60,4 +73,5 @@ def train_flow(config: str | None = None, overrides: list[str] | None = None) ->
         "epochs": len(det.history_.train_loss),
         "train_seconds": det.history_.seconds,
         "calibration": reg.calibration,
+        "promotion": promotion,
     }

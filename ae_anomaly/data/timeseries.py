@@ -66,7 +66,8 @@ def _raw_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
         except pd.errors.EmptyDataError:
             raise DataError("file is empty", path=str(path)) from None
         except pd.errors.ParserError as exc:
-            raise DataError(f"not a valid CSV file ({str(exc).splitlines()[0]})", path=str(path))
+            raise DataError(f"not a valid CSV file ({str(exc).splitlines()[0]})",
+                            path=str(path)) from None
         return
     try:
         pfile = pq.ParquetFile(path)

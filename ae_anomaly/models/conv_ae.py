@@ -15,9 +15,16 @@ class ConvAE(AutoEncoder):
 
     Each encoder block halves the time axis (stride 2); the decoder's output padding is
     chosen so the reconstruction has exactly the input's length.
+
+    The keyword arguments let other families reuse this architecture as a backbone:
+    ``enc_extra`` features (a context vector) are concatenated to the flattened convolution
+    features before the code layer, which has ``code_out`` outputs (e.g. mean and
+    log-variance); the decoder takes a ``code_in``-dimensional input (e.g. code + context).
+    Both default to ``latent_dim``.
     """
 
-    def __init__(self, cfg: ConvAEConfig, n_channels: int, window: int) -> None:
+    def __init__(self, cfg: ConvAEConfig, n_channels: int, window: int, *, enc_extra: int = 0,
+                 code_out: int | None = None, code_in: int | None = None) -> None:
         super().__init__(n_channels, window, cfg.l1_activity)
         k, pad = cfg.kernel_size, cfg.kernel_size // 2
         lengths = [window]
@@ -31,8 +38,8 @@ class ConvAE(AutoEncoder):
         self.encoder = nn.Sequential(*enc)
         self._shape = (c_in, lengths[-1])
         flat = c_in * lengths[-1]
-        self.to_code = nn.Linear(flat, cfg.latent_dim)
-        self.from_code = nn.Linear(cfg.latent_dim, flat)
+        self.to_code = nn.Linear(flat + enc_extra, code_out or cfg.latent_dim)
+        self.from_code = nn.Linear(code_in or cfg.latent_dim, flat)
         dec: list[nn.Module] = []
         chans = list(reversed(cfg.channels))
         for i, c in enumerate(chans):
@@ -44,8 +51,9 @@ class ConvAE(AutoEncoder):
         self.decoder = nn.Sequential(*dec)
         self.head = nn.Conv1d(chans[-1], n_channels, 1)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.to_code(self.encoder(x).flatten(1))
+    def encode(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.encoder(x).flatten(1)
+        return self.to_code(h if extra is None else torch.cat([h, extra], dim=1))
 
     def decode(self, code: torch.Tensor) -> torch.Tensor:
         h = self.from_code(code).view(-1, *self._shape)

@@ -21,16 +21,25 @@ def mlp(sizes: list[int], dropout: float, last_activation: bool) -> nn.Sequentia
 
 
 class DenseAE(AutoEncoder):
-    """Input of any shape (B, ...) is flattened, encoded, decoded and reshaped back."""
+    """Input of any shape (B, ...) is flattened, encoded, decoded and reshaped back.
 
-    def __init__(self, cfg: DenseAEConfig, n_channels: int, window: int) -> None:
+    As a backbone (see :class:`~ae_anomaly.models.conv_ae.ConvAE`): ``enc_extra`` features
+    are concatenated to the flattened input, the encoder has ``code_out`` outputs and the
+    decoder ``code_in`` inputs (both default to ``latent_dim``).
+    """
+
+    def __init__(self, cfg: DenseAEConfig, n_channels: int, window: int, *, enc_extra: int = 0,
+                 code_out: int | None = None, code_in: int | None = None) -> None:
         super().__init__(n_channels, window, cfg.l1_activity)
         n_in = n_channels * window
-        self.encoder = mlp([n_in, *cfg.hidden, cfg.latent_dim], cfg.dropout, False)
-        self.decoder = mlp([cfg.latent_dim, *reversed(cfg.hidden), n_in], cfg.dropout, False)
+        self.encoder = mlp([n_in + enc_extra, *cfg.hidden, code_out or cfg.latent_dim],
+                           cfg.dropout, False)
+        self.decoder = mlp([code_in or cfg.latent_dim, *reversed(cfg.hidden), n_in],
+                           cfg.dropout, False)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x.flatten(1))
+    def encode(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        h = x.flatten(1)
+        return self.encoder(h if extra is None else torch.cat([h, extra], dim=1))
 
     def decode(self, code: torch.Tensor) -> torch.Tensor:
         out = self.decoder(code)

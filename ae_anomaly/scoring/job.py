@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ae_anomaly.calibration import Event, EventBuilder
@@ -19,6 +20,7 @@ from ae_anomaly.data.timeseries import ENTITY, TS, TimeSeriesReader, list_data_f
 from ae_anomaly.detector import Detector
 from ae_anomaly.scoring.stream import StreamingScorer
 from ae_anomaly.sinks.base import EventRecord
+from ae_anomaly.sources import check_feature_schema
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +72,16 @@ def score_files(
     cfg = data_cfg.model_copy(update={"read_chunk_rows": scoring_cfg.chunk_steps})
     for f in files:
         result.files.append(str(f))
+        check_file_schema(f, list(detector.feature_names_), data_cfg)
         reader = TimeSeriesReader(cfg, list(detector.feature_names_))
         state: dict[str, tuple[StreamingScorer, EventBuilder]] = {}
 
-        def _consume(ent: str, out: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        def _consume(ent: str, out: tuple[np.ndarray, np.ndarray, np.ndarray],
+                     state: dict[str, tuple[StreamingScorer, EventBuilder]] = state) -> None:
             ts, scores, ch = out
             result.steps[ent] = result.steps.get(ent, 0) + len(ts)
             result.flagged[ent] = result.flagged.get(ent, 0) + int(
-                (scores > detector.threshold_).sum())
+                (scores > detector.threshold_for(ent)).sum())
             result.events.extend(state[ent][1].push(ts, scores, ch))
 
         for chunk in reader.iter_file(f):
@@ -86,8 +90,9 @@ def score_files(
                 ent = str(ent)
                 if ent not in state:
                     state[ent] = (
-                        StreamingScorer(detector, scoring_cfg.batch_size),
-                        EventBuilder(ent, events_cfg, detector.threshold_, detector.p_values),
+                        StreamingScorer(detector, scoring_cfg.batch_size, ent),
+                        EventBuilder(ent, events_cfg, detector.threshold_for(ent),
+                                    detector.rule_for(ent).p_values),
                     )
                 values = grp[detector.feature_names_].to_numpy(np.float64)
                 _consume(ent, state[ent][0].push(grp[TS].to_numpy(), values))
@@ -102,6 +107,36 @@ def score_files(
     return result
 
 
+LABEL_COLUMNS = ("is_anomaly", "label")
+
+
+def check_file_schema(path: Path, features: list[str], data_cfg: DataConfig) -> None:
+    """Refuse a wide file whose metric columns are not the model's features.
+
+    Long-form files are checked as they are read (a missing metric fails there). Label
+    columns (``is_anomaly``, ``label``) are not metrics.
+
+    Raises:
+        FeatureSchemaError: missing or unexpected metric columns.
+    """
+    if data_cfg.format in ("long", "smd"):
+        return
+    try:
+        if path.suffix.lower() == ".csv":
+            cols = list(pd.read_csv(path, nrows=0).columns)
+        else:
+            cols = list(pq.ParquetFile(path).schema_arrow.names)
+    except Exception:  # unreadable: the reader reports it with the row and column
+        return
+    if data_cfg.metric_col in cols and data_cfg.value_col in cols:
+        return
+    keys = {data_cfg.timestamp_col, data_cfg.entity_col, *LABEL_COLUMNS}
+    found = [str(c) for c in cols if c not in keys]
+    if data_cfg.metrics is not None:
+        found = [m for m in found if m in data_cfg.metrics]
+    check_feature_schema(features, found, str(path))
+
+
 def event_id(model: ModelRef, entity: str, start_ts: pd.Timestamp) -> str:
     """Deterministic id: the same model version, entity and start give the same id."""
     key = f"{model.name}|{model.version}|{entity}|{pd.Timestamp(start_ts).isoformat()}"
@@ -109,12 +144,13 @@ def event_id(model: ModelRef, entity: str, start_ts: pd.Timestamp) -> str:
 
 
 def to_records(events: list[Event], detector: Detector, model: ModelRef,
-               scored_at: datetime | None = None) -> list[EventRecord]:
-    """Event records for the sink, one per event."""
+               scored_at: datetime | None = None, is_open: bool = False) -> list[EventRecord]:
+    """Event records for the sink, one per event (``is_open``: the events may still grow)."""
     scored_at = scored_at or datetime.now(UTC).replace(tzinfo=None)
     out = []
     for ev in events:
         start = pd.Timestamp(ev.start_ts).to_pydatetime()
+        threshold = detector.threshold_for(ev.entity)
         out.append(EventRecord(
             event_id=event_id(model, ev.entity, ev.start_ts),
             entity=ev.entity,
@@ -122,9 +158,8 @@ def to_records(events: list[Event], detector: Detector, model: ModelRef,
             end_ts=pd.Timestamp(ev.end_ts).to_pydatetime(),
             peak_ts=pd.Timestamp(ev.peak_ts).to_pydatetime(),
             peak_score=float(ev.peak_score),
-            threshold=float(detector.threshold_),
-            severity=float(ev.peak_score / detector.threshold_) if detector.threshold_ > 0
-            else float("inf"),
+            threshold=threshold,
+            severity=float(ev.peak_score / threshold) if threshold > 0 else float("inf"),
             p_value=None if ev.min_p_value is None else float(ev.min_p_value),
             n_points=int(ev.n_flagged),
             top_channels=ev.channel_shares(detector.feature_names_),
@@ -132,5 +167,6 @@ def to_records(events: list[Event], detector: Detector, model: ModelRef,
             model_version=str(model.version),
             run_id=model.run_id,
             scored_at=scored_at,
+            is_open=is_open,
         ))
     return out

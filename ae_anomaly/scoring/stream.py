@@ -18,11 +18,14 @@ class StreamingScorer:
     Args:
         detector: a fitted detector.
         batch_size: windows per forward pass.
+        entity: the entity's name (context for conditional models).
     """
 
-    def __init__(self, detector: Detector, batch_size: int = 1024) -> None:
+    def __init__(self, detector: Detector, batch_size: int = 1024,
+                 entity: str | None = None) -> None:
         self.det = detector
         self.batch_size = batch_size
+        self.entity = entity
         self.length = detector.window.length
         self._ts: np.ndarray | None = None
         self._x: np.ndarray | None = None
@@ -34,7 +37,8 @@ class StreamingScorer:
         assert self._x is not None and self._ts is not None
         start = max(0, self._pending - self.length + 1)
         stop = min(len(self._x), end + self.length - 1)
-        ch = self.det.block_errors(self._x[start:stop], self.batch_size)
+        ch = self.det.block_errors(self._x[start:stop], self.batch_size,
+                                   timestamps=self._ts[start:stop], entity=self.entity)
         ch = ch[self._pending - start:end - start]
         ts = self._ts[self._pending:end]
         keep = max(0, end - (self.length - 1))

@@ -1,4 +1,10 @@
-"""The one sink interface: ``write(records) -> int``, idempotent on ``event_id``."""
+"""The sink interfaces.
+
+Every sink has one method, ``write(records) -> int``, idempotent on ``event_id``. A sink that
+also keeps scoring watermarks (the SQL sink) implements :class:`IncrementalSink`: it writes
+one entity's events *and* its watermark in one transaction, so a watermark never runs ahead
+of the events written for it.
+"""
 
 from __future__ import annotations
 
@@ -26,10 +32,60 @@ class EventRecord:
     model_version: str
     run_id: str
     scored_at: datetime
+    is_open: bool = False
 
     def as_row(self) -> dict[str, Any]:
         """The record as a plain mapping of column values."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """How far incremental scoring of one (model name, entity) has come.
+
+    Attributes:
+        resume_after: the last step after which event detection can restart from scratch
+            (no event open, no flagged step within the event rules' reach); the next run
+            scores the steps after it, with ``window.length - 1`` earlier steps as context.
+            None: from the start of the series.
+        scored_through: the last step whose score was final (every window covering it was
+            complete) in the run that wrote this watermark.
+        source_seq: the highest source sequence number the run saw (landing-folder
+            ingestion batches); newer data at or before ``read_through`` is late data.
+        read_through: the newest step the run read (the final scores up to
+            ``scored_through`` depend on the steps up to here).
+        model_version: the model version that scored.
+        job_id: the scoring run that wrote it (a Prefect flow run id or a label).
+        updated_at: when it was written (UTC).
+    """
+
+    resume_after: datetime | None
+    scored_through: datetime | None
+    source_seq: int | None = None
+    read_through: datetime | None = None
+    model_version: str = ""
+    job_id: str = ""
+    updated_at: datetime | None = None
+
+    def position(self) -> tuple[Any, ...]:
+        """The fields that say where scoring stands (for change detection)."""
+        return (self.resume_after, self.scored_through, self.read_through, self.source_seq)
+
+
+@dataclass
+class IncrementWrite:
+    """What writing one entity's increment did."""
+
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    skipped: bool = False
+    reason: str = ""
+
+    @property
+    def changed(self) -> int:
+        """Rows inserted, updated or deleted."""
+        return self.inserted + self.updated + self.deleted
 
 
 class Sink(Protocol):
@@ -40,5 +96,43 @@ class Sink(Protocol):
 
         Returns:
             The number of rows inserted or changed.
+        """
+        ...
+
+
+class IncrementalSink(Sink, Protocol):
+    """A sink that also stores per-(model name, entity) watermarks."""
+
+    def read_watermark(self, model_name: str, entity: str) -> Watermark | None:
+        """The stored watermark, or None when the entity was never scored."""
+        ...
+
+    def write_increment(
+        self,
+        model_name: str,
+        entity: str,
+        records: list[EventRecord],
+        replace_after: datetime | None,
+        replace_through: datetime | None,
+        watermark: Watermark | None,
+        expected: Watermark | None = None,
+        check_expected: bool = False,
+    ) -> IncrementWrite:
+        """Write one entity's re-scored range and its watermark in one transaction.
+
+        Events of ``model_name`` and ``entity`` starting in ``(replace_after,
+        replace_through]`` are replaced by ``records``: new ones are inserted, changed ones
+        updated in place (same ``event_id``), ones that no longer exist deleted.
+
+        Args:
+            model_name: registered model name.
+            entity: the entity.
+            records: every event found in the range.
+            replace_after: exclusive start of the range (None: from the beginning).
+            replace_through: inclusive end of the range (None: no end).
+            watermark: the new watermark (None: leave it as it is).
+            expected: the watermark the run started from.
+            check_expected: when True and another run moved the watermark since (to a
+                position at least as far as ``watermark``), write nothing.
         """
         ...

@@ -1,22 +1,38 @@
 """The anomaly table in any SQLAlchemy database (SQLite embedded, PostgreSQL for real use).
 
-Writes are upserts on ``event_id`` in one transaction: a re-run of the same job inserts
-nothing, and an event whose content changed (it grew, a later chunk raised its peak) is
-updated in place. ``scored_at`` changes only when the content does, so re-scoring the
+The project creates and migrates its own tables (docs/schema.md): the anomaly table, its
+watermarks (``<table>_watermarks``), the dashboards' view ``<table>_latest`` and a
+``schema_version`` row per anomaly table.
+
+``write(records)`` upserts on ``event_id`` in one transaction: a re-run of the same job
+inserts nothing, and an event whose content changed (it grew, a later chunk raised its peak)
+is updated in place. ``scored_at`` changes only when the content does, so re-scoring the
 same data leaves the table byte-for-byte the same.
+
+``write_increment`` is the incremental scorer's write: one entity's re-scored range and its
+watermark, in one transaction, serialised per (model name, entity) across processes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Boolean,
     Column,
+    Connection,
     DateTime,
     Engine,
     Float,
@@ -26,22 +42,65 @@ from sqlalchemy import (
     String,
     Table,
     create_engine,
+    delete,
+    event,
+    false,
+    inspect,
     or_,
     select,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ae_anomaly.config import expand_path
-from ae_anomaly.sinks.base import EventRecord
+from ae_anomaly.sinks.base import EventRecord, IncrementWrite, Watermark
 
 log = logging.getLogger(__name__)
 
+SCHEMA_VERSION = 2
+VERSION_TABLE = "schema_version"
 CONTENT_COLUMNS = ("end_ts", "peak_ts", "peak_score", "threshold", "severity", "p_value",
-                   "n_points", "top_channels", "run_id")
+                   "n_points", "top_channels", "run_id", "is_open")
+# Scores come from float32 networks: a re-computation over differently batched windows may
+# differ in the last digits. Such a difference is not a change of the event.
+_FLOAT_COLUMNS = ("peak_score", "threshold", "severity", "p_value")
+_EXACT_COLUMNS = ("entity", "start_ts", "end_ts", "peak_ts", "n_points", "run_id", "is_open",
+                  "model_name", "model_version")
+_REL_TOL = 1e-5
+_SHARE_TOL = 2e-3
+
+FAULT_ENV = "AE_ANOMALY_FAULT_STALL"
+FAULT_MARKER_ENV = "AE_ANOMALY_FAULT_MARKER"
+_fault_counts: dict[str, int] = {}
 
 
+def fault_point(name: str) -> None:
+    """Test hook: stall here when ``AE_ANOMALY_FAULT_STALL`` names this point.
+
+    The variable reads ``<point>:<nth>[:<seconds>]``: the ``nth`` time the process passes
+    ``point`` it writes ``AE_ANOMALY_FAULT_MARKER`` (when set) and sleeps, so a fault test
+    can kill the process at a known place. Points: ``in_txn`` (an entity's events are
+    written, its transaction not yet committed) and ``after_commit``.
+    """
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    point, nth, seconds = (spec.split(":") + ["1", "3600"])[:3]
+    if point != name:
+        return
+    _fault_counts[name] = _fault_counts.get(name, 0) + 1
+    if _fault_counts[name] != int(nth):
+        return
+    marker = os.environ.get(FAULT_MARKER_ENV)
+    if marker:
+        Path(marker).write_text(f"{name} {nth} {os.getpid()}\n")
+    log.warning("fault hook: stalling at %s #%s for %ss", name, nth, seconds)
+    time.sleep(float(seconds))
+
+
+# ------------------------------------------------------------------------- tables
 def events_table(metadata: MetaData, name: str = "anomaly_events") -> Table:
-    """The anomaly table's definition."""
+    """The anomaly table's definition (the latest schema version)."""
     return Table(
         name,
         metadata,
@@ -62,23 +121,200 @@ def events_table(metadata: MetaData, name: str = "anomaly_events") -> Table:
         Column("model_version", String(64), nullable=False),
         Column("run_id", String(64), nullable=False),
         Column("scored_at", DateTime, nullable=False),
+        # Schema version 2: the event may still grow (the data ended within its merge gap).
+        Column("is_open", Boolean, nullable=False, server_default=false()),
         Index(f"ix_{name}_entity_start", "entity", "start_ts"),
         Index(f"ix_{name}_start", "start_ts"),
         Index(f"ix_{name}_model", "model_name", "model_version"),
+        Index(f"ix_{name}_model_entity_start", "model_name", "entity", "start_ts"),
     )
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for a configured URL (``{home}`` expanded; SQLite folders created)."""
+def watermarks_name(table: str) -> str:
+    """Name of the watermark table that belongs to an anomaly table."""
+    return f"{table}_watermarks"
+
+
+def view_name(table: str) -> str:
+    """Name of the dashboards' view over an anomaly table."""
+    return f"{table}_latest"
+
+
+def watermarks_table(metadata: MetaData, table: str = "anomaly_events") -> Table:
+    """Per (model name, entity): how far incremental scoring has come (docs/schema.md)."""
+    return Table(
+        watermarks_name(table),
+        metadata,
+        Column("model_name", String(256), primary_key=True),
+        Column("entity", String(256), primary_key=True),
+        Column("resume_after_ts", DateTime),
+        Column("scored_through_ts", DateTime),
+        Column("read_through_ts", DateTime),
+        Column("source_seq", BigInteger),
+        Column("model_version", String(64), nullable=False),
+        Column("job_id", String(128), nullable=False),
+        Column("updated_at", DateTime, nullable=False),
+    )
+
+
+def version_table(metadata: MetaData) -> Table:
+    """One row per anomaly table: the schema version its tables are at."""
+    return Table(
+        VERSION_TABLE,
+        metadata,
+        Column("name", String(256), primary_key=True),
+        Column("version", Integer, nullable=False),
+        Column("applied_at", DateTime, nullable=False),
+    )
+
+
+def _view_sql(conn: Connection, table: str) -> str:
+    q = conn.dialect.identifier_preparer.quote
+    t, v = q(table), q(view_name(table))
+    # One row per anomaly: where events of the same model name and entity overlap in time
+    # (e.g. a file scored by two model versions), the most recently scored one wins.
+    return f"""CREATE VIEW {v} AS
+SELECT e.* FROM {t} e
+WHERE NOT EXISTS (
+    SELECT 1 FROM {t} n
+    WHERE n.model_name = e.model_name AND n.entity = e.entity
+      AND n.event_id <> e.event_id
+      AND n.start_ts <= e.end_ts AND n.end_ts >= e.start_ts
+      AND (n.scored_at > e.scored_at
+           OR (n.scored_at = e.scored_at AND n.event_id > e.event_id)))"""
+
+
+def _migrate_to_2(conn: Connection, table: str, md: MetaData) -> None:
+    q = conn.dialect.identifier_preparer.quote
+    conn.execute(text(f"ALTER TABLE {q(table)} ADD COLUMN is_open BOOLEAN NOT NULL "
+                      "DEFAULT false"))
+    for ix in md.tables[table].indexes:
+        if ix.name == f"ix_{table}_model_entity_start":
+            ix.create(conn, checkfirst=True)
+    md.tables[watermarks_name(table)].create(conn, checkfirst=True)
+
+
+MIGRATIONS: dict[int, Callable[[Connection, str, MetaData], None]] = {2: _migrate_to_2}
+
+
+def lock_key(*parts: str) -> int:
+    """A signed 64-bit key for PostgreSQL advisory locks."""
+    digest = hashlib.sha256("|".join(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def ensure_schema(engine: Engine, table: str = "anomaly_events") -> None:
+    """Create or migrate the anomaly table, its watermarks, the view and the version row.
+
+    Safe to call from several processes at once (serialised by an advisory lock on
+    PostgreSQL, by the write lock on SQLite).
+    """
+    md = MetaData()
+    events_table(md, table)
+    watermarks_table(md, table)
+    versions = version_table(md)
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
+                         {"k": lock_key("schema", table)})
+        versions.create(conn, checkfirst=True)
+        current = conn.execute(select(versions.c.version)
+                               .where(versions.c.name == table)).scalar()
+        if current is None:
+            current = 1 if inspect(conn).has_table(table) else 0
+        if current >= SCHEMA_VERSION:
+            return
+        if current == 0:
+            md.create_all(conn, tables=[md.tables[table], md.tables[watermarks_name(table)]])
+        else:
+            for v in range(current + 1, SCHEMA_VERSION + 1):
+                log.info("migrating %s to schema version %d", table, v)
+                MIGRATIONS[v](conn, table, md)
+        conn.execute(text(f"DROP VIEW IF EXISTS "
+                          f"{conn.dialect.identifier_preparer.quote(view_name(table))}"))
+        conn.execute(text(_view_sql(conn, table)))
+        conn.execute(delete(versions).where(versions.c.name == table))
+        conn.execute(versions.insert().values(name=table, version=SCHEMA_VERSION,
+                                              applied_at=_utcnow()))
+
+
+# ------------------------------------------------------------------------- engines
+def make_engine(url: str, immediate: bool = False) -> Engine:
+    """An engine for a configured URL (``{home}`` expanded; SQLite folders created).
+
+    Args:
+        url: SQLAlchemy URL.
+        immediate: SQLite only: start every transaction with ``BEGIN IMMEDIATE`` (take the
+            write lock up front), so concurrent writers queue instead of failing on a lock
+            upgrade. PostgreSQL sessions always use UTC.
+    """
     url = expand_path(url) if url.startswith("sqlite") else url
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 60})
+        if immediate:
+            @event.listens_for(engine, "connect")
+            def _no_implicit_begin(dbapi_conn: Any, _record: Any) -> None:
+                dbapi_conn.isolation_level = None
+
+            @event.listens_for(engine, "begin")
+            def _begin_immediate(conn: Connection) -> None:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+        return engine
+    if url.startswith("postgresql"):
+        return create_engine(url, pool_pre_ping=True,
+                             connect_args={"options": "-c timezone=UTC", "connect_timeout": 10})
     return create_engine(url, pool_pre_ping=True)
 
 
+def _utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def upsert_statement(engine: Engine, table: Table, rows: list[dict[str, Any]],
+                     keys: list[str], update: list[str], where: Any = None) -> Any:
+    """``INSERT ... ON CONFLICT (keys) DO UPDATE`` for SQLite and PostgreSQL."""
+    dialect = engine.dialect.name
+    mod = {"sqlite": sqlite, "postgresql": postgresql}.get(dialect)
+    if mod is None:
+        raise NotImplementedError(f"upsert is not implemented for {dialect}")
+    stmt = mod.insert(table).values(rows)
+    ex = stmt.excluded
+    return stmt.on_conflict_do_update(index_elements=keys, set_={c: ex[c] for c in update},
+                                      where=where(ex) if where is not None else None)
+
+
+def insert_or_ignore(engine: Engine, table: Table, rows: list[dict[str, Any]],
+                     keys: list[str]) -> Any:
+    """``INSERT ... ON CONFLICT (keys) DO NOTHING`` for SQLite and PostgreSQL."""
+    mod = {"sqlite": sqlite, "postgresql": postgresql}.get(engine.dialect.name)
+    if mod is None:
+        raise NotImplementedError(f"insert-or-ignore is not implemented for "
+                                  f"{engine.dialect.name}")
+    return mod.insert(table).values(rows).on_conflict_do_nothing(index_elements=keys)
+
+
+def _materially_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    for c in _EXACT_COLUMNS:
+        if old[c] != new[c]:
+            return True
+    for c in _FLOAT_COLUMNS:
+        a, b = old[c], new[c]
+        if (a is None) != (b is None):
+            return True
+        if a is not None and not math.isclose(a, b, rel_tol=_REL_TOL, abs_tol=1e-12):
+            return True
+    a, b = old["top_channels"] or {}, new["top_channels"] or {}
+    if isinstance(a, str):
+        a = json.loads(a)
+    if set(a) != set(b):
+        return True
+    return any(abs(float(a[k]) - float(b[k])) > _SHARE_TOL for k in b)
+
+
+# ------------------------------------------------------------------------- the sink
 class SqlSink:
-    """Writes event records to a SQL table, creating it when missing.
+    """Writes event records to a SQL table, creating (or migrating) it when needed.
 
     Args:
         url: SQLAlchemy URL, e.g. ``sqlite:///{home}/anomalies.db`` or
@@ -87,40 +323,159 @@ class SqlSink:
     """
 
     def __init__(self, url: str, table: str = "anomaly_events") -> None:
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, immediate=True)
         self.metadata = MetaData()
         self.table = events_table(self.metadata, table)
-        self.metadata.create_all(self.engine)
+        self.watermarks = watermarks_table(self.metadata, table)
+        ensure_schema(self.engine, table)
 
     def _upsert(self, rows: list[dict[str, Any]]) -> Any:
-        dialect = self.engine.dialect.name
-        mod = {"sqlite": sqlite, "postgresql": postgresql}.get(dialect)
-        if mod is None:
-            raise NotImplementedError(f"upsert is not implemented for {dialect}")
-        stmt = mod.insert(self.table).values(rows)
-        ex = stmt.excluded
-        changed = or_(*[self.table.c[c].is_distinct_from(ex[c]) for c in CONTENT_COLUMNS])
-        update = {c: ex[c] for c in (*CONTENT_COLUMNS, "scored_at")}
-        return stmt.on_conflict_do_update(index_elements=["event_id"], set_=update,
-                                          where=changed)
+        t = self.table
+        return upsert_statement(
+            self.engine, t, rows, ["event_id"], [*CONTENT_COLUMNS, "scored_at"],
+            where=lambda ex: or_(*[t.c[c].is_distinct_from(ex[c]) for c in CONTENT_COLUMNS]))
+
+    def _execute_upserts(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
+        # RETURNING counts the rows inserted or updated on every backend (psycopg reports
+        # no rowcount for a multi-row upsert).
+        n = 0
+        for i in range(0, len(rows), 500):
+            stmt = self._upsert(rows[i:i + 500]).returning(self.table.c.event_id)
+            n += len(conn.execute(stmt).all())
+        return n
 
     def write(self, records: list[EventRecord]) -> int:
         """Upsert records in one transaction; returns rows inserted or changed."""
         if not records:
             return 0
         rows = [r.as_row() for r in records]
-        n = 0
         with self.engine.begin() as conn:
-            for i in range(0, len(rows), 500):
-                n += conn.execute(self._upsert(rows[i:i + 500])).rowcount
+            n = self._execute_upserts(conn, rows)
         log.info("wrote %d of %d event rows to %s", n, len(rows), self.table.name)
         return n
 
+    # --------------------------------------------------------------- watermarks
+    def _lock(self, conn: Connection, model_name: str, entity: str) -> None:
+        # SQLite: BEGIN IMMEDIATE already holds the database's write lock.
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
+                         {"k": lock_key(self.table.name, model_name, entity)})
+
+    def _watermark(self, conn: Connection, model_name: str, entity: str) -> Watermark | None:
+        w = self.watermarks
+        row = conn.execute(select(w).where(w.c.model_name == model_name,
+                                           w.c.entity == entity)).first()
+        return None if row is None else _to_watermark(row._mapping)
+
+    def read_watermark(self, model_name: str, entity: str) -> Watermark | None:
+        """The stored watermark of (model name, entity), or None."""
+        with self.engine.connect() as conn:
+            return self._watermark(conn, model_name, entity)
+
+    def read_watermarks(self, model_name: str | None = None) -> dict[tuple[str, str], Watermark]:
+        """All stored watermarks (of one model name), keyed by (model name, entity)."""
+        w = self.watermarks
+        stmt = select(w) if model_name is None else select(w).where(w.c.model_name == model_name)
+        with self.engine.connect() as conn:
+            return {(r.model_name, r.entity): _to_watermark(r._mapping)
+                    for r in conn.execute(stmt)}
+
+    def write_increment(
+        self,
+        model_name: str,
+        entity: str,
+        records: list[EventRecord],
+        replace_after: datetime | None,
+        replace_through: datetime | None,
+        watermark: Watermark | None,
+        expected: Watermark | None = None,
+        check_expected: bool = False,
+    ) -> IncrementWrite:
+        """Write one entity's re-scored range and its watermark in one transaction.
+
+        See :meth:`ae_anomaly.sinks.base.IncrementalSink.write_increment`. Rows whose
+        content did not change beyond float noise are left untouched (``scored_at`` kept).
+        """
+        t, out = self.table, IncrementWrite()
+        for r in records:
+            if r.model_name != model_name or r.entity != entity:
+                raise ValueError(f"record {r.event_id} is not of {model_name}/{entity}")
+        with self.engine.begin() as conn:
+            self._lock(conn, model_name, entity)
+            current = self._watermark(conn, model_name, entity)
+            if check_expected and _position(current) != _position(expected):
+                ahead = (current is not None and watermark is not None
+                         and current.scored_through is not None
+                         and watermark.scored_through is not None
+                         and current.scored_through >= watermark.scored_through)
+                if ahead:
+                    out.skipped = True
+                    out.reason = (f"another run moved the watermark to "
+                                  f"{current.scored_through} meanwhile")
+                    return out
+            cond = [t.c.model_name == model_name, t.c.entity == entity]
+            if replace_after is not None:
+                cond.append(t.c.start_ts > replace_after)
+            if replace_through is not None:
+                cond.append(t.c.start_ts <= replace_through)
+            existing = {r.event_id: dict(r._mapping) for r in conn.execute(select(t).where(*cond))}
+            new = {r.event_id: r.as_row() for r in records}
+            stale = [eid for eid in existing if eid not in new]
+            for i in range(0, len(stale), 500):
+                conn.execute(delete(t).where(t.c.event_id.in_(stale[i:i + 500])))
+            out.deleted = len(stale)
+            rows = []
+            for eid, row in new.items():
+                if eid not in existing:
+                    out.inserted += 1
+                    rows.append(row)
+                elif _materially_changed(existing[eid], row):
+                    out.updated += 1
+                    rows.append(row)
+            self._execute_upserts(conn, rows)
+            fault_point("in_txn")
+            if watermark is not None:
+                self._put_watermark(conn, model_name, entity, watermark)
+        fault_point("after_commit")
+        return out
+
+    def _put_watermark(self, conn: Connection, model_name: str, entity: str,
+                       wm: Watermark) -> None:
+        row = {"model_name": model_name, "entity": entity,
+               "resume_after_ts": wm.resume_after, "scored_through_ts": wm.scored_through,
+               "read_through_ts": wm.read_through, "source_seq": wm.source_seq,
+               "model_version": wm.model_version,
+               "job_id": wm.job_id[:128], "updated_at": wm.updated_at or _utcnow()}
+        cols = [c for c in row if c not in ("model_name", "entity")]
+        conn.execute(upsert_statement(self.engine, self.watermarks, [row],
+                                      ["model_name", "entity"], cols))
+
+    # --------------------------------------------------------------- reading
     def read(self) -> pd.DataFrame:
         """The whole table as a frame (for summaries and tests), newest start first."""
         with self.engine.connect() as conn:
-            df = pd.read_sql(select(self.table).order_by(self.table.c.start_ts.desc()), conn)
+            df = pd.read_sql(select(self.table).order_by(self.table.c.start_ts.desc(),
+                                                         self.table.c.event_id), conn)
         if len(df) and isinstance(df["top_channels"].iloc[0], str):
             df["top_channels"] = df["top_channels"].map(json.loads)
+        if len(df):
+            df["is_open"] = df["is_open"].astype(bool)
         return df
 
+    def read_view(self) -> pd.DataFrame:
+        """The dashboards' view ``<table>_latest`` as a frame."""
+        q = self.engine.dialect.identifier_preparer.quote(view_name(self.table.name))
+        with self.engine.connect() as conn:
+            return pd.read_sql(text(f"SELECT * FROM {q} ORDER BY start_ts DESC, event_id"),
+                               conn)
+
+
+def _position(wm: Watermark | None) -> tuple[Any, ...] | None:
+    return None if wm is None else wm.position()
+
+
+def _to_watermark(m: Any) -> Watermark:
+    return Watermark(resume_after=m["resume_after_ts"], scored_through=m["scored_through_ts"],
+                     source_seq=m["source_seq"], read_through=m["read_through_ts"],
+                     model_version=m["model_version"],
+                     job_id=m["job_id"], updated_at=m["updated_at"])

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,20 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context: Any) -> None:
-        self.detector = Detector.load(context.artifacts["detector"])
+        path = Path(context.artifacts["detector"])
+        kind = json.loads((path / "config.json").read_text()).get("kind")
+        if kind == "tabular":  # a per-flow (row) detector
+            from ae_anomaly.tabular import TabularDetector
+
+            self.detector = TabularDetector.load(path)
+        else:
+            self.detector = Detector.load(path)
 
     def predict(self, context: Any, model_input: pd.DataFrame,
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
         scores = self.detector.score(model_input)
-        return pd.DataFrame({"score": scores, "is_anomaly": scores > self.detector.threshold_})
+        flags = scores > self.detector.row_thresholds(model_input)
+        return pd.DataFrame({"score": scores, "is_anomaly": flags})
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -130,7 +138,8 @@ class Tracker:
     def log_detector(self, run_id: str, det: Detector, example: pd.DataFrame) -> ModelRef:
         """Log the detector as a pyfunc model in the run and register a new version."""
         name = self.cfg.registered_model
-        example = example.head(max(2 * det.window.length, 8)).reset_index(drop=True)
+        window = det.window.length if hasattr(det, "window") else 1
+        example = example.head(max(2 * window, 8)).reset_index(drop=True)
         out = pd.DataFrame({"score": np.zeros(len(example)),
                             "is_anomaly": np.zeros(len(example), dtype=bool)})
         signature = infer_signature(example, out)

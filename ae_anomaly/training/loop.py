@@ -1,4 +1,8 @@
-"""The one training loop: seeded, mini-batch Adam, early stopping, a progress bar."""
+"""The one training loop: seeded, mini-batch Adam, early stopping, a progress bar.
+
+Samples are a tensor or a tuple of tensors (e.g. windows and their context vectors); a batch
+is passed as ``model(*batch)`` and the loss is ``model.loss(batch[0], output)``.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ae_anomaly.config import TrainingConfig
-from ae_anomaly.models.base import AutoEncoder
+from ae_anomaly.models.base import AutoEncoder, Samples, iter_batches, n_samples
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +52,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _mean_loss(model: AutoEncoder, data: torch.Tensor, batch: int, device: torch.device) -> float:
+def _mean_loss(model: AutoEncoder, data: Samples, batch: int, device: torch.device) -> float:
     model.eval()
     total, n = 0.0, 0
     with torch.inference_mode():
-        for i in range(0, len(data), batch):
-            xb = data[i:i + batch].to(device)
-            total += float(model.loss(xb, model(xb))) * len(xb)
-            n += len(xb)
+        for b in iter_batches(data, batch, device):
+            total += float(model.loss(b[0], model(*b))) * len(b[0])
+            n += len(b[0])
     return total / max(n, 1)
 
 
 def train_network(
     model: AutoEncoder,
-    train: torch.Tensor,
-    val: torch.Tensor | None,
+    train: Samples,
+    val: Samples | None,
     cfg: TrainingConfig,
     on_epoch: EpochCallback | None = None,
     desc: str = "train",
@@ -74,8 +77,9 @@ def train_network(
 
     Args:
         model: the network; its ``loss`` defines the objective.
-        train: training samples, e.g. (N, C, L) windows.
-        val: validation samples or None.
+        train: training samples, e.g. (N, C, L) windows, or a tuple of tensors of equal
+            length such as (windows, context).
+        val: validation samples (same structure) or None.
         cfg: epochs, batch size, learning rate, weight decay, patience, seed, threads, device.
         on_epoch: called as ``on_epoch(epoch, train_loss, val_loss)`` after each epoch.
         desc: label of the progress bar.
@@ -89,7 +93,8 @@ def train_network(
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
-    has_val = val is not None and len(val) > 0
+    has_val = val is not None and n_samples(val) > 0
+    n_train = n_samples(train)
     hist = TrainHistory()
     best, best_state, bad = float("inf"), copy.deepcopy(model.state_dict()), 0
     start = time.perf_counter()
@@ -97,17 +102,17 @@ def train_network(
                leave=False, dynamic_ncols=True)
     for epoch in bar:
         model.train()
-        perm = torch.randperm(len(train), generator=gen)
+        perm = torch.randperm(n_train, generator=gen)
         total = 0.0
-        for i in range(0, len(train), cfg.batch_size):
-            xb = train[perm[i:i + cfg.batch_size]].to(device)
-            loss = model.loss(xb, model(xb))
+        for b in iter_batches(train, cfg.batch_size, device, order=perm):
+            loss = model.loss(b[0], model(*b))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * len(xb)
-        train_loss = total / len(train)
-        val_loss = _mean_loss(model, val, cfg.batch_size, device) if has_val else None
+            total += float(loss.detach()) * len(b[0])
+        train_loss = total / n_train
+        val_loss = (_mean_loss(model, val, cfg.batch_size, device)
+                    if has_val and val is not None else None)
         hist.train_loss.append(train_loss)
         if val_loss is not None:
             hist.val_loss.append(val_loss)
@@ -118,7 +123,8 @@ def train_network(
         if on_epoch is not None:
             on_epoch(epoch, train_loss, val_loss)
         if watched < best - 1e-7:
-            best, best_state, bad, hist.best_epoch = watched, copy.deepcopy(model.state_dict()), 0, epoch
+            best, best_state, bad = watched, copy.deepcopy(model.state_dict()), 0
+            hist.best_epoch = epoch
         else:
             bad += 1
             if bad >= cfg.patience:

@@ -132,3 +132,10 @@ def test_cli_help_teaches():
     assert res.returncode == 0
     for word in ("demo", "train", "score", "--set", "AE_ANOMALY_HOME"):
         assert word in res.stdout
+
+
+def test_cli_calibrate_report(demo_run):
+    res = cli("calibrate", "-c", CONFIG, env_home=demo_run["home"])
+    assert res.returncode == 0, res.stderr
+    assert "conformal" in res.stdout and "false-alarm rate, 90%" in res.stdout
+    assert "ae-anomaly-demo v1" in res.stdout

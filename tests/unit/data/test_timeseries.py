@@ -42,7 +42,7 @@ def test_long_csv_chunked_across_timestamp(tmp_path):
     # Rows of one timestamp straddle chunk boundaries: the reader carries them over.
     rows = ["timestamp,metric,value"]
     for i in range(3000):
-        ts = f"2026-01-01 00:00:00+00:00" if i == 0 else str(pd.Timestamp("2026-01-01")
+        ts = "2026-01-01 00:00:00+00:00" if i == 0 else str(pd.Timestamp("2026-01-01")
                                                             + pd.Timedelta(minutes=i))
         rows += [f"{ts},x,{i}", f"{ts},y,{-i}", f"{ts},z,{2 * i}"]
     cfg = DataConfig(read_chunk_rows=1000)

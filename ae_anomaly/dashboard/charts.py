@@ -1,0 +1,117 @@
+"""Plotly figures for the dashboard pages, rendered to HTML fragments.
+
+The page loads plotly.js once (served from the installed ``plotly`` package, so nothing
+is fetched from the internet); each fragment is a ``<div>`` plus the call that draws it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ae_anomaly.data.timeseries import TS
+
+FONT = {"family": "system-ui, -apple-system, Segoe UI, sans-serif", "size": 12}
+EVENT_FILL = "rgba(220, 53, 69, 0.18)"
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+
+
+def to_div(fig: go.Figure, div_id: str, height: int | None = None) -> str:
+    """An HTML fragment drawing ``fig`` into ``<div id=div_id>`` (plotly.js loaded by the page)."""
+    fig.update_layout(font=FONT, margin={"l": 60, "r": 20, "t": 40, "b": 40},
+                      template="plotly_white")
+    if height:
+        fig.update_layout(height=height)
+    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
+                       config={"displaylogo": False, "responsive": True})
+
+
+def hourly_heatmap(counts: pd.DataFrame) -> go.Figure:
+    """Events per entity (rows) per hour (columns)."""
+    fig = go.Figure(go.Heatmap(
+        z=counts.to_numpy(), x=list(counts.columns), y=[str(e) for e in counts.index],
+        colorscale="Reds", colorbar={"title": "events"},
+        hovertemplate="%{y}<br>%{x|%Y-%m-%d %H:00} UTC<br>%{z} events<extra></extra>",
+        xgap=1, ygap=1))
+    fig.update_layout(title="Events per entity per hour (UTC, start of event)",
+                      yaxis={"automargin": True})
+    return fig
+
+
+def event_figure(series: pd.DataFrame, event: dict[str, Any], scores: np.ndarray | None,
+                 threshold: float | None) -> go.Figure:
+    """The raw series of the event's top channels (one row each), the score row below.
+
+    The event's span is shaded on every row; the threshold is a dashed line on the score row.
+    """
+    channels = [c for c in series.columns if c != TS]
+    rows = len(channels) + (1 if scores is not None else 0)
+    titles = [*channels, *(["anomaly score vs threshold"] if scores is not None else [])]
+    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.04,
+                        subplot_titles=titles)
+    x = series[TS]
+    for i, ch in enumerate(channels, start=1):
+        fig.add_trace(go.Scatter(x=x, y=series[ch], name=ch, mode="lines",
+                                 line={"width": 1.3, "color": PALETTE[(i - 1) % len(PALETTE)]}),
+                      row=i, col=1)
+    if scores is not None:
+        fig.add_trace(go.Scatter(x=x, y=scores, name="score", mode="lines",
+                                 line={"width": 1.3, "color": "#333"}), row=rows, col=1)
+        if threshold is not None:
+            fig.add_trace(go.Scatter(x=[x.iloc[0], x.iloc[-1]], y=[threshold, threshold],
+                                     name="threshold", mode="lines",
+                                     line={"dash": "dash", "color": "#dc3545", "width": 1.5}),
+                          row=rows, col=1)
+    end = pd.Timestamp(event["end_ts"])
+    if end == pd.Timestamp(event["start_ts"]):  # a one-step event still gets a visible band
+        step = series[TS].diff().median()
+        end = end + (step if pd.notna(step) else pd.Timedelta(0))
+    for r in range(1, rows + 1):
+        fig.add_vrect(x0=event["start_ts"], x1=end, fillcolor=EVENT_FILL, line_width=0,
+                      row=r, col=1)
+    fig.update_annotations(font={"size": 12})
+    fig.update_layout(showlegend=scores is not None, height=170 * rows + 80,
+                      legend={"orientation": "h", "y": -0.06},
+                      title=f"{event['entity']}: the event (shaded) in context")
+    return fig
+
+
+def channel_shares_bar(shares: dict[str, float]) -> go.Figure:
+    """Each top channel's share of the event's reconstruction error."""
+    names = list(shares)[::-1]
+    values = [shares[n] for n in names]
+    fig = go.Figure(go.Bar(x=values, y=names, orientation="h", marker_color="#1f77b4",
+                           text=[f"{v:.0%}" for v in values], textposition="auto",
+                           hovertemplate="%{y}: %{x:.1%}<extra></extra>"))
+    fig.update_layout(title="Share of the event's error per channel",
+                      xaxis={"tickformat": ".0%", "range": [0, max(values + [0.01]) * 1.1]},
+                      yaxis={"automargin": True})
+    return fig
+
+
+def alarm_rate_figure(daily: pd.DataFrame, budget: float | None) -> go.Figure:
+    """Events per entity per day for each model version, against the budget line."""
+    fig = go.Figure()
+    for i, ((name, version), grp) in enumerate(daily.groupby(["model_name", "model_version"],
+                                                             sort=False)):
+        rate = grp["events"] / grp["entities"].clip(lower=1)
+        fig.add_trace(go.Bar(x=grp["day"], y=rate, name=f"{name} v{version}",
+                             marker_color=PALETTE[i % len(PALETTE)],
+                             customdata=np.stack([grp["events"], grp["entities"],
+                                                  grp["false_positives"]], axis=1),
+                             hovertemplate="%{x|%Y-%m-%d}: %{y:.2f} per entity<br>"
+                                           "%{customdata[0]} events, %{customdata[1]} "
+                                           "entities, %{customdata[2]} false positives"
+                                           "<extra>%{fullData.name}</extra>"))
+    if budget is not None:
+        fig.add_hline(y=budget, line_dash="dash", line_color="#dc3545",
+                      annotation_text=f"budget {budget:.3g} per entity per day",
+                      annotation_position="top left")
+    fig.update_layout(title="Alarm rate per day (events per entity) by model version",
+                      barmode="group", xaxis={"title": "day (UTC)", "type": "date"},
+                      yaxis={"title": "events per entity per day"})
+    return fig

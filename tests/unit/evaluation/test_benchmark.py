@@ -1,0 +1,244 @@
+"""The benchmark harness end to end on tiny synthetic SMD- and NAB-format folders."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ae_anomaly.cli import main
+from ae_anomaly.errors import ConfigError
+from ae_anomaly.evaluation.baselines import PCABaseline, PCABaselineConfig, build_baseline
+from ae_anomaly.evaluation.benchmark import (
+    RECORD_KEYS,
+    reduce_channels,
+    resolve_settings,
+    run_benchmark,
+    smooth_scores,
+)
+from ae_anomaly.evaluation.report import render
+
+TINY_AE = ["window.length=16", "training.epochs=1", "model.channels=[8]", "model.latent_dim=4",
+           "training.batch_size=64"]
+
+
+def _series(rng: np.random.Generator, n: int, c: int, phase: float) -> np.ndarray:
+    t = np.arange(n)[:, None]
+    base = 0.5 + 0.3 * np.sin(2 * np.pi * t / 50 + phase + np.arange(c)[None, :])
+    return np.clip(base + rng.normal(0, 0.02, (n, c)), 0, 1)
+
+
+@pytest.fixture(scope="module")
+def smd_dir(tmp_path_factory) -> Path:
+    """Two machines, 4 metrics, 2000 train / 2000 test steps; 6 level shifts of 8 steps."""
+    root = tmp_path_factory.mktemp("smd")
+    for sub in ("train", "test", "test_label", "interpretation_label"):
+        (root / sub).mkdir()
+    rng = np.random.default_rng(0)
+    for i, machine in enumerate(["machine-a", "machine-b"]):
+        train = _series(rng, 2000, 4, i)
+        test = _series(rng, 2000, 4, i)
+        labels = np.zeros(2000, dtype=int)
+        for start in (100, 400, 750, 1100, 1500, 1800):
+            test[start:start + 8, :2] += 0.8
+            labels[start:start + 8] = 1
+        np.savetxt(root / "train" / f"{machine}.txt", train, delimiter=",", fmt="%.5f")
+        np.savetxt(root / "test" / f"{machine}.txt", test, delimiter=",", fmt="%.5f")
+        np.savetxt(root / "test_label" / f"{machine}.txt", labels, fmt="%d")
+        (root / "interpretation_label" / f"{machine}.txt").write_text("100-107:1,2\n")
+    return root
+
+
+def _run(smd_dir: Path, out: Path, models: list[str], seeds=(0,), overrides=(), **kw):
+    settings = resolve_settings("smd", smd_dir, models, overrides=[*TINY_AE, *overrides], **kw)
+    new: list[dict] = []
+    data = run_benchmark(settings, out, models, list(seeds), progress=False,
+                         on_cell=new.append)
+    return data, new
+
+
+def test_end_to_end_schema_and_floors(smd_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "res.json"
+    models = ["conv_ae", "pca", "iforest", "random"]
+    data, new = _run(smd_dir, out, models, seeds=(0, 1),
+                     calibration_methods=["conformal", "k_sigma"], alphas=[0.01, 0.001])
+    assert len(new) == len(data["records"]) == 2 * 4 * 2
+    on_disk = json.loads(out.read_text())  # strict JSON: NaN is written as null
+    assert on_disk["records"] == json.loads(json.dumps(data["records"]))
+    for rec in on_disk["records"]:
+        missing = [k for k in RECORD_KEYS if k not in rec]
+        assert not missing, missing
+        assert rec["alpha"] == 0.01 and rec["calibration"] == "conformal"
+        assert [(c["calibration"], c["alpha"]) for c in rec["calibrations"]] == [
+            ("conformal", 0.01), ("conformal", 0.001), ("k_sigma", 0.01)]
+        assert 0 <= rec["far_check"] <= 1 and rec["train_s"] >= 0 and rec["score_s"] >= 0
+    summary = on_disk["summary"]
+    assert set(summary) == set(models)
+    for m in models:
+        assert summary[m]["n_cells"] == 4
+        for key in ("auc_pr", "auc_roc", "f1", "f1_pa", "best_f1", "far_check", "far_normal"):
+            assert key in summary[m]
+        assert "conformal@0.01" in summary[m]["calibrations"]
+    # behavioural floors: the injected level shifts are easy; random is the chance level
+    assert summary["pca"]["auc_roc"] >= 0.9
+    assert summary["random"]["f1"] <= 0.05
+    assert 0.25 <= summary["random"]["auc_roc"] <= 0.75  # smoothed noise: few effective samples
+    assert on_disk["meta"]["machine"]["nproc"] >= 1
+    assert on_disk["meta"]["runs"][0]["cells_computed"] == 16
+    md = render([out])
+    assert "`pca`" in md and "`random`" in md and "best F1 (oracle)" in md
+
+
+def test_resume_skips_finished_cells(smd_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "res.json"
+    first, new = _run(smd_dir, out, ["pca", "random"])
+    assert len(new) == 4
+    again, new = _run(smd_dir, out, ["pca", "random"])
+    assert new == [] and again["records"] == first["records"]
+    more, new = _run(smd_dir, out, ["pca", "random", "iforest"], seeds=(0, 1))
+    assert sorted((r["model"], r["seed"]) for r in new) == sorted(
+        [("iforest", 0), ("iforest", 1), ("pca", 1), ("random", 1)] * 2)
+    assert more["records"][:4] == first["records"]
+    assert len(more["meta"]["runs"]) == 3
+
+
+def test_resume_refuses_other_settings(smd_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "res.json"
+    _run(smd_dir, out, ["random"])
+    with pytest.raises(ConfigError, match="other settings"):
+        _run(smd_dir, out, ["random"], overrides=["bench.smooth=3"])
+    _run(smd_dir, out, ["random", "pca"], overrides=["models.pca.variance=0.5"])
+    with pytest.raises(ConfigError, match="other model settings"):
+        _run(smd_dir, out, ["pca"], overrides=["models.pca.variance=0.9"])
+
+
+def test_settings_precedence_and_errors(smd_dir: Path, tmp_path: Path) -> None:
+    s = resolve_settings("smd", smd_dir, ["conv_ae", "pca"],
+                         overrides=["bench.smooth=3", "models.pca.variance=0.9",
+                                    "model.latent_dim=4", "models.conv_ae.kernel_size=3"])
+    assert s.bench.smooth == 3 and s.cfg.training.progress is False
+    assert s.model_params["pca"]["variance"] == 0.9
+    assert s.model_params["pca"]["scaler"] == "none"  # the SMD default
+    assert s.model_params["conv_ae"]["latent_dim"] == 4
+    assert s.model_params["conv_ae"]["kernel_size"] == 3
+    with pytest.raises(ConfigError, match="unknown model"):
+        resolve_settings("smd", smd_dir, ["nope"])
+    with pytest.raises(ConfigError, match="bench.smoth"):
+        resolve_settings("smd", smd_dir, ["pca"], overrides=["bench.smoth=3"])
+    with pytest.raises(ConfigError, match="best_f1"):
+        resolve_settings("smd", smd_dir, ["pca"], calibration_methods=["best_f1"])
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("window:\n  length: 32\n")
+    s = resolve_settings("nab", smd_dir, ["pca"], config_path=str(cfg_file))
+    assert s.cfg.window.length == 32  # the file beats the dataset default (16)
+    assert resolve_settings("nab", smd_dir, ["pca"]).cfg.window.length == 16
+
+
+def test_cli_benchmark(smd_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cli.json"
+    rc = main(["benchmark", "--dataset", "smd", "--data-dir", str(smd_dir), "--entities",
+               "machine-a", "--models", "pca,random", "--seeds", "0", "--no-progress",
+               "--output", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "`pca`" in printed and "`random`" in printed
+    recs = json.loads(out.read_text())["records"]
+    assert {r["entity"] for r in recs} == {"machine-a"}
+    rc = main(["benchmark", "--dataset", "smd", "--data-dir", str(smd_dir), "--models",
+               "bogus", "--output", str(tmp_path / "x.json")])
+    assert rc == 2
+
+
+def test_smoothing_and_channel_reduce_hand_computed() -> None:
+    s = np.array([0.0, 0.0, 6.0, 0.0, 0.0])
+    np.testing.assert_allclose(smooth_scores(s, 3, "center"), [0, 2, 2, 2, 0])
+    np.testing.assert_allclose(smooth_scores(s, 3, "trailing"), [0, 0, 2, 2, 2])
+    np.testing.assert_allclose(smooth_scores(s, 2, "center"), [0, 0, 3, 3, 0])
+    np.testing.assert_allclose(smooth_scores(s, 1), s)
+    ch = np.array([[1.0, 2.0, 6.0], [0.0, 0.0, 3.0]])
+    np.testing.assert_allclose(reduce_channels(ch, "mean"), [3, 1])
+    np.testing.assert_allclose(reduce_channels(ch, "max"), [6, 3])
+    np.testing.assert_allclose(reduce_channels(ch, "topk", 2), [4, 1.5])
+
+
+def test_pca_baseline_is_detector_shaped(smd_dir: Path) -> None:
+    from ae_anomaly.config import CalibrationConfig, PreprocessConfig
+    from ae_anomaly.data.timeseries import read_smd
+
+    train, _ = read_smd(smd_dir, "machine-a", "train")
+    test, labels = read_smd(smd_dir, "machine-a", "test")
+    det = build_baseline("pca", {"variance": 0.9}, PreprocessConfig(),
+                         CalibrationConfig(alpha=0.01), seed=0).fit(train)
+    assert isinstance(det, PCABaseline) and isinstance(det.model, PCABaselineConfig)
+    scores = det.score(test)
+    assert scores.shape == (2000,) and np.isfinite(scores).all()
+    # the threshold came from the held-out tail of the training data
+    assert math.isfinite(det.threshold_)
+    assert det.predict(test)[labels == 1].mean() > det.predict(test)[labels == 0].mean()
+
+
+@pytest.fixture(scope="module")
+def nab_dir(tmp_path_factory) -> Path:
+    """Two NAB files of 2000 five-minute rows; one anomaly window in each."""
+    root = tmp_path_factory.mktemp("nab")
+    (root / "data" / "cat").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(1)
+    windows = {}
+    for name in ("a", "b"):
+        ts = np.datetime64("2020-01-01T00:00") + np.arange(2000) * np.timedelta64(5, "m")
+        v = np.sin(np.arange(2000) / 8) + rng.normal(0, 0.05, 2000)
+        v[1500:1506] += 4
+        lines = ["timestamp,value"] + [
+            f"{str(t).replace('T', ' ')}:00,{x:.4f}" for t, x in zip(ts, v, strict=True)]
+        (root / "data" / "cat" / f"{name}.csv").write_text("\n".join(lines) + "\n")
+        windows[f"cat/{name}.csv"] = [[f"{str(ts[1490]).replace('T', ' ')}:00.000000",
+                                       f"{str(ts[1520]).replace('T', ' ')}:00.000000"]]
+    (root / "labels" / "combined_windows.json").write_text(json.dumps(windows))
+    return root
+
+
+def test_nab_summary_has_profiles(nab_dir: Path, tmp_path: Path) -> None:
+    settings = resolve_settings("nab", nab_dir, ["pca", "random"],
+                                overrides=["window.length=8", "models.pca.window=8"])
+    data = run_benchmark(settings, tmp_path / "nab.json", ["pca", "random"], [0],
+                         progress=False)
+    assert len(data["records"]) == 4
+    for rec in data["records"]:
+        assert rec["n_test"] == 2000 - 300  # after the probationary 15%
+        assert all(d >= 300 for d in rec["detections"])
+    for m in ("pca", "random"):
+        for key in ("nab_standard", "nab_reward_low_fp", "nab_reward_low_fn"):
+            assert math.isfinite(data["summary"][m][key])
+    assert data["summary"]["pca"]["nab_standard"] > data["summary"]["random"]["nab_standard"]
+    assert "NAB" in render([tmp_path / "nab.json"])
+
+
+def test_flows_tabular_benchmark(tmp_path: Path) -> None:
+    from ae_anomaly.data.synthetic_flows import generate_flows
+
+    repo = Path(__file__).resolve().parents[3]
+    data = tmp_path / "flows"
+    for split, seed in (("train", 1), ("test", 2)):
+        (data / split).mkdir(parents=True)
+        frame, _ = generate_flows(n_hosts=2, days=0.25, seed=seed, attack_count=1)
+        frame.to_csv(data / split / "flows.csv", index=False)
+    models = ["dense_ae", "pca", "iforest", "random"]
+    settings = resolve_settings(
+        "flows", data, models, dataset_config=repo / "configs" / "datasets" / "netflow.yaml",
+        overrides=["training.epochs=2", "model.hidden=[16]", "model.latent_dim=4"])
+    assert settings.bench.smooth == 1 and settings.bench.check_fraction == 0
+    res = run_benchmark(settings, tmp_path / "flows.json", models, [0], progress=False)
+    assert {r["model"] for r in res["records"]} == set(models)
+    for rec in res["records"]:
+        assert [k for k in RECORD_KEYS if k not in rec] == []
+        assert math.isnan(rec["far_check"])  # no check slice for row data
+        assert rec["n_test"] > 100
+    summ = res["summary"]
+    assert summ["pca"]["auc_roc"] > 0.8 and summ["dense_ae"]["auc_roc"] > 0.5  # 2 epochs
+    assert summ["random"]["f1"] < summ["pca"]["f1"]
+    with pytest.raises(ConfigError, match="dataset-config"):
+        resolve_settings("flows", data, ["pca"])
