@@ -102,6 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the report (the default and, for now, only action)")
     p.add_argument("--alias", default=None, help="registry alias to read (default champion)")
 
+    p = sub.add_parser(
+        "sample", help="generate normal-looking windows from a generative model",
+        description="Decode draws from the latent model of a registered rae (the Gaussian "
+                    "mixture fitted on its training codes) or vae (the prior) into new "
+                    "windows in the original units, and write them as a wide CSV "
+                    "(window, step, one column per metric). Useful to see what the model "
+                    "thinks normal looks like, or to augment tests.")
+    _common(p)
+    p.add_argument("-n", type=int, default=10, help="windows to generate (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    p.add_argument("--alias", default=None, help="registry alias to read (default champion)")
+    p.add_argument("-o", "--output", metavar="FILE", required=True, help="CSV file to write")
+
     p = sub.add_parser("config", help="print the resolved configuration",
                        description="Print the configuration after defaults, the file and "
                                    "overrides are applied, as JSON.")
@@ -378,6 +391,24 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.command == "config":
         print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+        return 0
+    if args.command == "sample":
+        import numpy as np
+        import pandas as pd
+
+        from ae_anomaly.detector import sample_windows
+        from ae_anomaly.tracking import Tracker
+
+        det, ref = Tracker(cfg.tracking).load(alias=args.alias)
+        wins = sample_windows(det, args.n, seed=args.seed)  # (n, C, L)
+        n, c, length = wins.shape
+        frame = pd.DataFrame(wins.transpose(0, 2, 1).reshape(n * length, c),
+                             columns=det.feature_names_)
+        frame.insert(0, "step", np.tile(np.arange(length), n))
+        frame.insert(0, "window", np.repeat(np.arange(n), length))
+        frame.to_csv(args.output, index=False)
+        print(f"wrote {n} windows of {length} steps from {ref.name} v{ref.version} "
+              f"({det.model.name}) to {args.output}")
         return 0
     if args.command == "calibrate":
         from ae_anomaly.calibration import format_report

@@ -139,3 +139,24 @@ def test_cli_calibrate_report(demo_run):
     assert res.returncode == 0, res.stderr
     assert "conformal" in res.stdout and "false-alarm rate, 90%" in res.stdout
     assert "ae-anomaly-demo v1" in res.stdout
+
+
+def test_cli_sample_refuses_a_non_generative_model(demo_run, tmp_path):
+    res = cli("sample", "-c", CONFIG, "-n", "2", "-o", str(tmp_path / "s.csv"),
+              env_home=demo_run["home"])
+    assert res.returncode == 2 and "cannot generate windows" in res.stderr
+
+
+def test_cli_sample_writes_rae_windows(demo_run, tmp_path):
+    from flows.train import train_flow
+
+    ov = demo_run["ov"] + ["model.name=rae", "model.gmm_components=2", "training.epochs=2",
+                           "tracking.registered_model=demo-rae"]
+    train_flow(CONFIG, ov)
+    out = tmp_path / "s.csv"
+    res = cli("sample", "-c", CONFIG, "--set", "tracking.registered_model=demo-rae", "-n", "3",
+              "-o", str(out), env_home=demo_run["home"])
+    assert res.returncode == 0, res.stderr
+    df = pd.read_csv(out)
+    assert len(df) == 3 * 64 and df.window.nunique() == 3
+    assert np.isfinite(df.iloc[:, 2:].to_numpy()).all()
