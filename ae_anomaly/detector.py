@@ -22,7 +22,6 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,12 @@ from ae_anomaly.data.windowing import overlap_sum, sliding_windows, window_cover
 from ae_anomaly.errors import AeAnomalyError, DataError
 from ae_anomaly.models import AutoEncoder, Samples, build_model
 from ae_anomaly.models.base import n_samples
+from ae_anomaly.persistence import (
+    history_from_dict,
+    history_to_dict,
+    package_versions,
+    save_folder,
+)
 from ae_anomaly.training import TrainHistory, resolve_device, seed_everything, train_network
 
 log = logging.getLogger(__name__)
@@ -53,15 +58,6 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 _MODEL_ADAPTER: TypeAdapter[Any] = TypeAdapter(ModelConfig)
 
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for pkg in ("ae-anomaly", "torch", "numpy", "pandas", "scikit-learn"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "unknown"
-    return out
 
 
 @dataclass
@@ -337,22 +333,15 @@ class Detector:
             "rule": self.rule_.to_dict(),
             "entity_rules": {e: r.to_dict() for e, r in self.entity_rules_.items()},
             "steps_per_day": self.steps_per_day_,
-            "history": {"train_loss": self.history_.train_loss,
-                        "val_loss": self.history_.val_loss,
-                        "best_epoch": self.history_.best_epoch,
-                        "seconds": self.history_.seconds},
+            "history": history_to_dict(self.history_),
             "n_train_windows": self.n_train_windows_,
             "data_fingerprint": self.data_fingerprint_,
-            "versions": _versions(),
+            "versions": package_versions(),
         }
 
     def save(self, path: str | Path) -> Path:
         """Save to a folder: ``config.json`` (readable state) and ``weights.pt`` (state_dict)."""
-        p = Path(path)
-        p.mkdir(parents=True, exist_ok=True)
-        (p / "config.json").write_text(json.dumps(self.to_dict(), indent=1))
-        torch.save(self.network_.state_dict(), p / "weights.pt")
-        return p
+        return save_folder(path, self.to_dict(), self.network_)
 
     @classmethod
     def load(cls, path: str | Path) -> Detector:
@@ -378,8 +367,7 @@ class Detector:
         det.entity_rules_ = {e: ThresholdRule.from_dict(r)
                              for e, r in d.get("entity_rules", {}).items()}
         det.steps_per_day_ = d.get("steps_per_day")
-        h = d["history"]
-        det.history_ = TrainHistory(h["train_loss"], h["val_loss"], h["best_epoch"], h["seconds"])
+        det.history_ = history_from_dict(d["history"])
         det.n_train_windows_ = d["n_train_windows"]
         det.data_fingerprint_ = d["data_fingerprint"]
         det.network_ = build_model(det.model, len(det.feature_names_), det.window.length)

@@ -35,6 +35,12 @@ from ae_anomaly.data.flow_features import FlowFeaturePipeline
 from ae_anomaly.data.flows import IS_ANOMALY, FlowDatasetConfig
 from ae_anomaly.errors import AeAnomalyError, ConfigError, DataError
 from ae_anomaly.models import AutoEncoder, build_model
+from ae_anomaly.persistence import (
+    history_from_dict,
+    history_to_dict,
+    package_versions,
+    save_folder,
+)
 from ae_anomaly.training import TrainHistory, resolve_device, seed_everything, train_network
 
 log = logging.getLogger(__name__)
@@ -44,17 +50,6 @@ KIND = "tabular"
 DEFAULT_CLIP = 20.0
 _MODEL_ADAPTER: TypeAdapter[Any] = TypeAdapter(ModelConfig)
 
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("ae-anomaly", "torch", "numpy", "pandas", "scikit-learn"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "unknown"
-    return out
 
 
 def normal_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -280,24 +275,15 @@ class TabularDetector:
             "feature_names": self.feature_names_,
             "threshold": self.threshold_,
             "rule": self.rule_.to_dict(),
-            "history": {
-                "train_loss": self.history_.train_loss,
-                "val_loss": self.history_.val_loss,
-                "best_epoch": self.history_.best_epoch,
-                "seconds": self.history_.seconds,
-            },
+            "history": history_to_dict(self.history_),
             "n_train_rows": self.n_train_rows_,
             "data_fingerprint": self.data_fingerprint_,
-            "versions": _versions(),
+            "versions": package_versions(),
         }
 
     def save(self, path: str | Path) -> Path:
         """Save to a folder: ``config.json`` (readable state) and ``weights.pt`` (state_dict)."""
-        p = Path(path)
-        p.mkdir(parents=True, exist_ok=True)
-        (p / "config.json").write_text(json.dumps(self.to_dict(), indent=1))
-        torch.save(self.network_.state_dict(), p / "weights.pt")
-        return p
+        return save_folder(path, self.to_dict(), self.network_)
 
     @classmethod
     def load(cls, path: str | Path) -> TabularDetector:
@@ -328,8 +314,7 @@ class TabularDetector:
         det.feature_names_ = list(d["feature_names"])
         det.threshold_ = float(d["threshold"])
         det.rule_ = ThresholdRule.from_dict(d["rule"])
-        h = d["history"]
-        det.history_ = TrainHistory(h["train_loss"], h["val_loss"], h["best_epoch"], h["seconds"])
+        det.history_ = history_from_dict(d["history"])
         det.n_train_rows_ = d["n_train_rows"]
         det.data_fingerprint_ = d["data_fingerprint"]
         det.network_ = build_model(det.model, n_channels=len(det.feature_names_), window=1)
