@@ -35,7 +35,7 @@ from ae_anomaly.data.timeseries import TS
 from ae_anomaly.detector import Detector
 from ae_anomaly.scoring.job import ModelRef, to_records
 from ae_anomaly.scoring.stream import StreamingScorer
-from ae_anomaly.sinks.base import IncrementalSink, IncrementWrite, Watermark
+from ae_anomaly.sinks.base import EventRecord, IncrementalSink, IncrementWrite, Watermark
 from ae_anomaly.sources import SqlMetricsSource, check_feature_schema
 
 log = logging.getLogger(__name__)
@@ -223,9 +223,7 @@ class IncrementalScorer:
         out.steps, out.flagged = scan.steps, len(scan.flagged)
         if scan.steps == 0:
             return out
-        records = (to_records(scan.closed, self.det, self.model)
-                   + to_records(scan.open, self.det, self.model, is_open=True))
-        out.events, out.open_events = len(records), len(scan.open)
+        records = self._records(scan, out)
         seq = seq_now if seq_now is not None else (wm0.source_seq if wm0 else None)
         out.watermark = Watermark(
             resume_after=scan.clean_ts if scan.clean_ts is not None else resume,
@@ -239,6 +237,13 @@ class IncrementalScorer:
             log.info("%s: %s; nothing written", entity, out.write.reason)
         return out
 
+    def _records(self, scan: _Scan, out: EntityOutcome) -> list[EventRecord]:
+        """The scan's closed and open events as records; counts them into ``out``."""
+        records = (to_records(scan.closed, self.det, self.model)
+                   + to_records(scan.open, self.det, self.model, is_open=True))
+        out.events, out.open_events = len(records), len(scan.open)
+        return records
+
     def _backfill(self, entity: str, start: datetime | None,
                   end: datetime | None) -> EntityOutcome:
         begin = self.clean_point_before(entity, start) if start is not None else None
@@ -247,9 +252,7 @@ class IncrementalScorer:
         out.steps, out.flagged = scan.steps, len(scan.flagged)
         if scan.steps == 0:
             return out
-        records = (to_records(scan.closed, self.det, self.model)
-                   + to_records(scan.open, self.det, self.model, is_open=True))
-        out.events, out.open_events = len(records), len(scan.open)
+        records = self._records(scan, out)
         out.write = self.sink.write_increment(
             self.model.name, entity, records, replace_after=begin,
             replace_through=scan.range_end, watermark=None)
