@@ -209,10 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
             pca (reconstruction error), iforest (IsolationForest on windows) and random.
 
             --set takes config keys (training.epochs=10, window.length=32, model.latent_dim=8
-            for every autoencoder), benchmark keys (bench.smooth=10, bench.smooth_mode=trailing,
-            bench.channel_reduce=max, bench.scoring=causal, bench.check_fraction=0.1,
-            bench.ensemble=true) and per-model keys (models.pca.variance=0.95,
-            models.vae.beta=2). Settings per dataset and their defaults: docs/benchmarks.md.
+            for every autoencoder; the scoring keys production uses too: postprocess.smooth=10,
+            postprocess.smooth_mode=center, postprocess.channel_reduce=max,
+            postprocess.errors=causal, calibration.per_channel=true), benchmark keys
+            (bench.check_fraction=0.1, bench.calibration_fraction=0.1, bench.ensemble=true)
+            and per-model keys (models.pca.variance=0.95, models.vae.beta=2). Settings per
+            dataset and their defaults: docs/benchmarks.md.
 
             Example, the SMD headline of docs/benchmarks.md (about 17 minutes on 2 shared
             CPU cores):
@@ -417,6 +419,12 @@ def _run(args: argparse.Namespace) -> int:
         det, ref = Tracker(cfg.tracking).load(alias=args.alias)
         print(f"{ref.name} v{ref.version} ({det.model.name}, run {ref.run_id})")
         print(format_report(det.rule_.report()))
+        per_channel = det.channel_thresholds()
+        if per_channel:
+            print("per-channel thresholds (a step alarms when any channel's smoothed error "
+                  "exceeds its own):")
+            for name, thr in per_channel.items():
+                print(f"  {name}: {thr:.4g}")
         for ent, rule in sorted(det.entity_rules_.items()):
             r = rule.report()
             print(f"  entity {ent}: threshold {r['threshold']:.4g} "

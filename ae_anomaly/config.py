@@ -136,6 +136,40 @@ class PreprocessConfig(_Strict):
     clip: float | None = Field(20.0, gt=0)
 
 
+class PostprocessConfig(_Strict):
+    """How per-step, per-channel errors become the step score; frozen with the model.
+
+    The same code serves the threshold's calibration, every production scoring path and the
+    benchmark, so what the benchmark measures is what production writes.
+
+    Attributes:
+        errors: ``overlap`` (a step's error is the mean over the windows that cover it: up
+            to ``window.length - 1`` later steps, so scoring waits for them) or ``causal``
+            (the error of the window that ends at the step: no later data).
+        causal_tail: ``causal``: average each window's error over its last ``causal_tail``
+            steps only (0: the whole window; 1: the newest step).
+        smooth: moving average over this many steps, per channel (1: none).
+        smooth_mode: ``trailing`` (causal) or ``center`` (waits ``(smooth - 1) // 2``
+            later steps).
+        channel_reduce: step score from the channels: ``mean``, ``max`` or ``topk`` (mean of
+            the ``channel_topk`` largest). ``calibration.per_channel`` implies ``max``.
+        channel_topk: ``topk``: how many channels.
+        baseline_window: divide each step's score by the median score of the
+            ``baseline_window`` steps before it (0: off), so the score is relative to the
+            recent typical error: slow drift and level shifts of the error stop alarming
+            after about half the window, and so does an anomaly that lasts that long.
+            Scoring then keeps that many earlier steps as context.
+    """
+
+    errors: Literal["overlap", "causal"] = "overlap"
+    causal_tail: int = Field(0, ge=0)
+    smooth: int = Field(1, ge=1)
+    smooth_mode: Literal["trailing", "center"] = "trailing"
+    channel_reduce: Literal["mean", "max", "topk"] = "mean"
+    channel_topk: int = Field(3, ge=1)
+    baseline_window: int = Field(0, ge=0)
+
+
 # --------------------------------------------------------------------------- models
 class _AEBase(_Strict):
     """Options every autoencoder honours.
@@ -363,6 +397,11 @@ class CalibrationConfig(_Strict):
         max_alerts_per_day: alert budget per entity; when set it replaces ``alpha``
             (converted with the data's sampling rate).
         per_entity: fit one threshold per entity (each on its own calibration slice).
+        per_channel: one threshold per channel: each channel's error is divided by its own
+            ``(1 - alpha)`` calibration quantile and the step score is the largest ratio;
+            the threshold on that score is fitted by ``method`` as usual, so a step alarms
+            when any channel exceeds its own threshold and the step-level false-alarm
+            rate is still the one ``method`` controls.
     """
 
     method: Literal["conformal", "pot", "quantile", "k_sigma", "best_f1"] = "conformal"
@@ -372,6 +411,7 @@ class CalibrationConfig(_Strict):
     k: float = Field(3.0, gt=0)
     max_alerts_per_day: float | None = Field(None, gt=0)
     per_entity: bool = False
+    per_channel: bool = False
 
 
 class EventsConfig(_Strict):
@@ -549,6 +589,7 @@ class AppConfig(_Strict):
     data: DataConfig = DataConfig()
     window: WindowConfig = WindowConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
+    postprocess: PostprocessConfig = PostprocessConfig()
     model: ModelConfig = ConvAEConfig()
     training: TrainingConfig = TrainingConfig()
     calibration: CalibrationConfig = CalibrationConfig()

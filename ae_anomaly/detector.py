@@ -1,8 +1,12 @@
 """Detector = preprocessing + network + calibrated threshold, sklearn-shaped.
 
 A detector scores *steps*: each window's element-wise reconstruction error is averaged
-back onto the steps it covers (overlap-add), giving a per-step, per-channel error; the step
-score is its mean over channels, and the channel errors say which metrics drove an alarm.
+back onto the steps it covers (overlap-add; or, with ``postprocess.errors: causal``, the
+error of the window ending at the step), giving a per-step, per-channel error. The
+``postprocess`` section (:mod:`ae_anomaly.postprocess`) smooths it, applies per-channel
+thresholds when configured, and reduces the channels to the step score; the channel values
+say which metrics drove an alarm. Calibration, production scoring and the benchmark all
+score through :meth:`Detector.score_values`.
 
 Training data of each entity is split in time: the first part fits the scaler and the
 network (its tail, ``training.val_fraction``, drives early stopping), and the last
@@ -35,13 +39,19 @@ from ae_anomaly.config import (
     AppConfig,
     CalibrationConfig,
     ModelConfig,
+    PostprocessConfig,
     PreprocessConfig,
     TrainingConfig,
     WindowConfig,
 )
 from ae_anomaly.data.preprocessing import Scaler
 from ae_anomaly.data.timeseries import ENTITY, TS, metric_columns
-from ae_anomaly.data.windowing import overlap_sum, sliding_windows, window_coverage
+from ae_anomaly.data.windowing import (
+    overlap_sum,
+    sliding_windows,
+    window_coverage,
+    window_end_values,
+)
 from ae_anomaly.errors import AeAnomalyError, DataError
 from ae_anomaly.models import AutoEncoder, Samples, build_model
 from ae_anomaly.models.base import n_samples
@@ -51,6 +61,7 @@ from ae_anomaly.persistence import (
     package_versions,
     save_folder,
 )
+from ae_anomaly.postprocess import Postprocessor, channel_quantiles
 from ae_anomaly.training import TrainHistory, resolve_device, seed_everything, train_network
 
 log = logging.getLogger(__name__)
@@ -83,6 +94,7 @@ class Detector:
         preprocess: scaler settings.
         training: training-loop settings.
         calibration: threshold rule settings.
+        postprocess: how per-step errors become the step score.
     """
 
     def __init__(
@@ -92,17 +104,34 @@ class Detector:
         preprocess: PreprocessConfig | None = None,
         training: TrainingConfig | None = None,
         calibration: CalibrationConfig | None = None,
+        postprocess: PostprocessConfig | None = None,
     ) -> None:
         self.model = model
         self.window = window or WindowConfig()
         self.preprocess = preprocess or PreprocessConfig()
         self.training = training or TrainingConfig()
         self.calibration = calibration or CalibrationConfig()
+        self.postprocess = postprocess or PostprocessConfig()
 
     @classmethod
     def from_config(cls, cfg: AppConfig) -> Detector:
         """Build an unfitted detector from the application configuration."""
-        return cls(cfg.model, cfg.window, cfg.preprocess, cfg.training, cfg.calibration)
+        return cls(cfg.model, cfg.window, cfg.preprocess, cfg.training, cfg.calibration,
+                   cfg.postprocess)
+
+    # ------------------------------------------------------------------ context
+    @property
+    def context_before(self) -> int:
+        """Earlier rows a step's final score depends on (window, then smoothing)."""
+        return self.window.length - 1 + Postprocessor(self.postprocess).behind
+
+    @property
+    def context_after(self) -> int:
+        """Later rows a step's final score depends on: scoring waits for them."""
+        ahead = Postprocessor(self.postprocess).ahead
+        if self.postprocess.errors == "causal":
+            return ahead
+        return self.window.length - 1 + ahead
 
     # ------------------------------------------------------------------ fitting
     def _split(self, frame: pd.DataFrame) -> tuple[TrainingSplit, np.ndarray]:
@@ -195,11 +224,24 @@ class Detector:
                                                     desc=f"train {self.model.name}")
         self.network_.post_fit(train)
         self.network_.eval()
-        cal_parts = [
-            self.score_values(self.scaler_.transform(p), timestamps=ts, entity=ent)[0]
-            for p, ts, ent in zip(raw.cal, raw.cal_ts, raw.entities, strict=True)]
-        cal_scores = np.concatenate(cal_parts)
         self.steps_per_day_ = _steps_per_day(frame)
+        smoothing = Postprocessor(self.postprocess)
+        cal_ch = [smoothing.channels(self.step_errors(self.scaler_.transform(p),
+                                                      timestamps=ts, entity=ent))
+                  for p, ts, ent in zip(raw.cal, raw.cal_ts, raw.entities, strict=True)]
+        scale = None
+        if self.calibration.per_channel:
+            # One threshold per channel: each channel's own calibration quantile at the
+            # rule's alpha scales it; the rule below then thresholds the largest ratio.
+            scale = channel_quantiles(np.concatenate(cal_ch), self._new_rule().alpha)
+            cal_ch = [c / scale for c in cal_ch]
+        self.postprocessor_ = Postprocessor(self.postprocess, scale)
+        cal_parts = [self.postprocessor_.reduce(c) for c in cal_ch]
+        if self.postprocess.baseline_window:
+            # The stand-in baseline where a series has too little history of its own.
+            self.postprocessor_.baseline = float(np.median(np.concatenate(cal_parts)))
+            cal_parts = [self.postprocessor_.relative(p) for p in cal_parts]
+        cal_scores = np.concatenate(cal_parts)
         self.rule_: ThresholdRule = self._new_rule().fit(cal_scores)
         self.threshold_ = float(self.rule_.threshold_)
         # Per-entity thresholds: each entity's own calibration slice, for fleets whose
@@ -258,13 +300,51 @@ class Detector:
                 total[i:i + steps] += overlap_sum(err, steps)
         return (total / window_coverage(n, length)[:, None]).numpy()
 
+    def causal_errors(self, scaled: np.ndarray, batch_size: int = 1024,
+                      timestamps: np.ndarray | None = None,
+                      entity: str | None = None) -> np.ndarray:
+        """Per-step, per-channel error (T, C) in which step t uses no data after t.
+
+        Each stride-1 window's mean element error per channel (over its last
+        ``postprocess.causal_tail`` steps; 0: the whole window) is placed on the step the
+        window ends at; the first ``length - 1`` steps take the first window's value.
+        Arguments as in :meth:`block_errors`.
+        """
+        length, tail = self.window.length, self.postprocess.causal_tail
+        if len(scaled) < length:
+            raise DataError(f"a series of {len(scaled)} steps is shorter than the window "
+                            f"({length})")
+        wins = sliding_windows(scaled, length, 1)
+        ctx = self._window_context(timestamps, entity, len(wins))
+        net, dev = self.network_, self._device()
+        net.eval()
+        parts = []
+        with torch.inference_mode():
+            for i in range(0, len(wins), batch_size):
+                xb = torch.from_numpy(np.ascontiguousarray(wins[i:i + batch_size])).to(dev)
+                extra = () if ctx is None else (ctx[i:i + batch_size].to(dev),)
+                err = net.errors(xb, net(xb, *extra))[:, :, -tail if tail else 0:]
+                parts.append(err.mean(dim=2).to("cpu", torch.float64).numpy())
+        return window_end_values(np.concatenate(parts), length)
+
+    def step_errors(self, scaled: np.ndarray, batch_size: int = 1024,
+                    timestamps: np.ndarray | None = None,
+                    entity: str | None = None) -> np.ndarray:
+        """Per-step, per-channel errors (T, C) as ``postprocess.errors`` says (overlap or
+        causal), before smoothing."""
+        if self.postprocess.errors == "causal":
+            return self.causal_errors(scaled, batch_size, timestamps=timestamps, entity=entity)
+        return self.block_errors(scaled, batch_size, timestamps=timestamps, entity=entity)
+
     def score_values(self, scaled: np.ndarray, batch_size: int = 1024,
                      timestamps: np.ndarray | None = None, entity: str | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:
-        """Scores (T,) and channel errors (T, C) of one entity's whole scaled series
-        (``timestamps`` and ``entity`` as in :meth:`block_errors`)."""
-        ch = self.block_errors(scaled, batch_size, timestamps=timestamps, entity=entity)
-        return ch.mean(axis=1), ch
+        """Scores (T,) and post-processed channel values (T, C) of a contiguous block of
+        one entity's scaled series (``timestamps`` and ``entity`` as in
+        :meth:`block_errors`). Steps within :attr:`context_before` of the block's start or
+        :attr:`context_after` of its end are final only at the series' own ends."""
+        ch = self.step_errors(scaled, batch_size, timestamps=timestamps, entity=entity)
+        return self.postprocessor_(ch)
 
     def _check_features(self, frame: pd.DataFrame) -> None:
         missing = [f for f in self.feature_names_ if f not in frame.columns]
@@ -303,6 +383,16 @@ class Detector:
         """The alarm threshold of an entity; entities unseen in training get the global one."""
         return float(self.rule_for(entity).threshold_)
 
+    def channel_thresholds(self, entity: str | None = None) -> dict[str, float]:
+        """Per-channel thresholds (``calibration.per_channel``), in the units of the
+        smoothed channel errors: a step alarms when any channel exceeds its own. Empty when
+        the detector thresholds one score per step."""
+        scale = self.postprocessor_.channel_scale
+        if scale is None:
+            return {}
+        thr = self.threshold_for(entity)
+        return {n: float(c * thr) for n, c in zip(self.feature_names_, scale, strict=True)}
+
     def row_thresholds(self, frame: pd.DataFrame) -> np.ndarray:
         """The threshold that applies to each row of a frame (per entity where fitted)."""
         if ENTITY not in frame.columns or not self.entity_rules_:
@@ -327,6 +417,10 @@ class Detector:
             "preprocess": self.preprocess.model_dump(),
             "training": self.training.model_dump(),
             "calibration": self.calibration.model_dump(),
+            "postprocess": self.postprocess.model_dump(),
+            "channel_scale": (None if self.postprocessor_.channel_scale is None
+                              else self.postprocessor_.channel_scale.tolist()),
+            "score_baseline": self.postprocessor_.baseline,
             "feature_names": self.feature_names_,
             "scaler": self.scaler_.to_dict(),
             "threshold": self.threshold_,
@@ -359,7 +453,10 @@ class Detector:
             PreprocessConfig(**d["preprocess"]),
             TrainingConfig(**d["training"]),
             CalibrationConfig(**d["calibration"]),
+            PostprocessConfig(**d.get("postprocess", {})),
         )
+        det.postprocessor_ = Postprocessor(det.postprocess, d.get("channel_scale"),
+                                           d.get("score_baseline"))
         det.feature_names_ = d["feature_names"]
         det.scaler_ = Scaler.from_dict(d["scaler"])
         det.threshold_ = float(d["threshold"])

@@ -65,12 +65,12 @@ if [ "${BENCH_VARIANTS:-0}" = 1 ]; then
   bench variants/smd-window32 "${V[@]}" "${M[@]}" "${SMD_SET[@]}" --set window.length=32
   bench variants/smd-minmax "${V[@]}" "${M[@]}" "${SMD_SET[@]}" --set preprocess.scaler=minmax
   bench variants/smd-robust "${V[@]}" "${M[@]}" "${SMD_SET[@]}" --set preprocess.scaler=robust
-  bench variants/smd-chmax "${V[@]}" "${M[@]}" "${SMD_SET[@]}" --set bench.channel_reduce=max
-  bench variants/smd-nosmooth "${V[@]}" "${M[@]}" "${SMD_SET[@]}" --set bench.smooth=1
-  bench variants/smd-causal "${V[@]}" "${M[@]}" "${SMD_SET[@]}" --set bench.scoring=causal \
-    --set bench.smooth_mode=trailing
-  bench variants/smd-causal-last "${V[@]}" "${M[@]}" "${SMD_SET[@]}" --set bench.scoring=causal \
-    --set bench.smooth_mode=trailing --set bench.causal_tail=1
+  bench variants/smd-chmax "${V[@]}" "${M[@]}" "${SMD_SET[@]}" --set postprocess.channel_reduce=max
+  bench variants/smd-nosmooth "${V[@]}" "${M[@]}" "${SMD_SET[@]}" --set postprocess.smooth=1
+  bench variants/smd-causal "${V[@]}" "${M[@]}" "${SMD_SET[@]}" --set postprocess.errors=causal \
+    --set postprocess.smooth_mode=trailing
+  bench variants/smd-causal-last "${V[@]}" "${M[@]}" "${SMD_SET[@]}" --set postprocess.errors=causal \
+    --set postprocess.smooth_mode=trailing --set postprocess.causal_tail=1
   bench variants/smd-denoising "${V[@]}" --models denoising,pca,random "${SMD_SET[@]}"
   bench variants/smd-stride1 "${V[@]}" "${M[@]}" --set window.train_stride=1
   # fit on 98% of the training period (no check slice): the reference PCA protocol

@@ -49,3 +49,14 @@ def window_coverage(n_windows: int, length: int) -> torch.Tensor:
     hi = torch.clamp(t, max=n_windows - 1)
     lo = torch.clamp(t - length + 1, min=0)
     return (hi - lo + 1).to(torch.float64)
+
+
+def window_end_values(win_values: np.ndarray, window: int) -> np.ndarray:
+    """Per-window values (N, C) of stride-1 windows placed on the step each window ends at.
+
+    The first ``window - 1`` steps, which no window ends at, take the first window's value,
+    so a step's value uses no later data (causal scoring).
+    """
+    v = np.asarray(win_values, dtype=np.float64)
+    head = np.repeat(v[:1], window - 1, axis=0)
+    return np.concatenate([head, v])

@@ -34,7 +34,12 @@ from ae_anomaly.calibration import ThresholdRule, rule_from_config
 from ae_anomaly.config import CalibrationConfig, PreprocessConfig
 from ae_anomaly.data.preprocessing import Scaler
 from ae_anomaly.data.timeseries import ENTITY, metric_columns
-from ae_anomaly.data.windowing import overlap_sum, sliding_windows, window_coverage
+from ae_anomaly.data.windowing import (
+    overlap_sum,
+    sliding_windows,
+    window_coverage,
+    window_end_values,
+)
 from ae_anomaly.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -187,17 +192,6 @@ def _window_rows(parts: list[np.ndarray], window: int, max_rows: int) -> np.ndar
     stride = max(1, len(wins) // max_rows)
     wins = wins[::stride]
     return wins.reshape(len(wins), -1)
-
-
-def window_end_values(win_values: np.ndarray, window: int) -> np.ndarray:
-    """Per-window values (N, C) of stride-1 windows placed on the step each window ends at.
-
-    The first ``window - 1`` steps, which no window ends at, take the first window's value,
-    so a step's score uses no later data (causal scoring).
-    """
-    v = np.asarray(win_values, dtype=np.float64)
-    head = np.repeat(v[:1], window - 1, axis=0)
-    return np.concatenate([head, v])
 
 
 def _steps_from_windows(win_values: np.ndarray, n_steps: int) -> np.ndarray:

@@ -14,16 +14,14 @@ Protocol (time series: ``smd``, ``nab``):
   check slice is never used for anything but measuring the realised alarm rate
   (``far_check``), which tells whether the threshold keeps its false-alarm promise on later
   normal data.
-* Scores: the per-step, per-channel error of the model (``bench.scoring: overlap``: for
-  autoencoders the overlap-added window errors of
-  :meth:`ae_anomaly.detector.Detector.score_values`, which look up to ``length - 1`` steps
-  ahead; ``causal``: the mean error of the window that ends at the step, so no step's score
-  uses later data, see :func:`causal_step_errors`) is reduced over
-  channels (``bench.channel_reduce``: ``mean``, ``max`` or the mean of the ``topk``
-  largest) and smoothed by a moving average of ``bench.smooth`` steps (``center``: the
-  window is centred, a delay of ``smooth // 2`` steps; ``trailing``: causal). Every model,
-  baselines included, gets exactly the same reduction and smoothing, on the calibration,
-  check and test scores alike.
+* Scores: what production writes. An autoencoder scores through
+  :meth:`ae_anomaly.detector.Detector.score_values`, i.e. the config's ``postprocess``
+  section (:mod:`ae_anomaly.postprocess`: ``errors: overlap`` or ``causal`` step errors,
+  per-channel smoothing of ``smooth`` steps, per-channel thresholds with
+  ``calibration.per_channel``, then the channel reduction). Baselines give per-step,
+  per-channel errors (``causal_errors`` with ``postprocess.errors: causal``) that go
+  through the same :class:`~ae_anomaly.postprocess.Postprocessor` (without per-channel
+  thresholds), on the calibration, check and test scores alike.
 * Predicted points are the points inside events (:func:`ae_anomaly.calibration.find_events`
   with the config's ``events`` rules). Point-wise precision / recall / F1 are computed on
   them without point-adjust; ``f1_pa`` (point-adjusted) and ``best_f1`` (oracle threshold
@@ -35,7 +33,7 @@ Protocol (time series: ``smd``, ``nab``):
 NAB: each file is an entity; the first 15% (NAB's probationary period,
 :func:`ae_anomaly.evaluation.nab.probationary_length`) is the training period, the whole
 series is scored and the metrics use the rows after it. NAB is a streaming benchmark, so
-its defaults score causally (``bench.scoring: causal``, trailing smoothing) and give events
+its defaults score causally (``postprocess.errors: causal``, trailing smoothing) and give events
 a cool-down of 100 steps (one alert per incident). NAB detections are the first point of
 each event (``bench.nab_detections: start``; ``mask`` uses every predicted point), scored
 per profile by :func:`ae_anomaly.evaluation.nab.nab_scores` into ``summary.<model>``
@@ -88,6 +86,7 @@ from ae_anomaly.evaluation.baselines import BASELINES, build_baseline
 from ae_anomaly.evaluation.metrics import evaluate
 from ae_anomaly.evaluation.nab import _window_indices, load_nab_windows, nab_scores
 from ae_anomaly.evaluation.nab import probationary_length as nab_probationary_length
+from ae_anomaly.postprocess import Postprocessor
 
 log = logging.getLogger(__name__)
 
@@ -125,12 +124,6 @@ class BenchConfig(BaseModel):
 
     calibration_fraction: float = Field(0.1, gt=0, lt=0.5)
     check_fraction: float = Field(0.1, ge=0, lt=0.5)
-    smooth: int = Field(10, ge=1)
-    smooth_mode: Literal["center", "trailing"] = "center"
-    scoring: Literal["overlap", "causal"] = "overlap"
-    causal_tail: int = Field(0, ge=0)
-    channel_reduce: Literal["mean", "max", "topk"] = "mean"
-    channel_topk: int = Field(3, ge=1)
     nab_detections: Literal["start", "mask"] = "start"
     save_scores: bool = False
     ensemble: bool = False
@@ -140,13 +133,13 @@ class BenchConfig(BaseModel):
 #: docs/benchmarks.md). SMD is already min-max scaled by its providers, so the PCA baseline
 #: reads it as it is (the reference PCA of the issue does the same).
 DATASET_DEFAULTS: dict[str, list[str]] = {
-    "smd": ["models.pca.scaler=none"],
+    "smd": ["models.pca.scaler=none", "postprocess.smooth=10", "postprocess.smooth_mode=center"],
     "nab": ["window.length=16", "bench.check_fraction=0", "bench.calibration_fraction=0.2",
-            "bench.scoring=causal", "bench.smooth_mode=trailing", "events.cooldown=100",
+            "postprocess.errors=causal", "postprocess.smooth=10", "events.cooldown=100",
             "calibration.alpha=0.01", "models.iforest.window=16", "models.pca.window=16"],
-    "nsl-kdd": ["model.name=dense_ae", "bench.smooth=1", "bench.check_fraction=0",
+    "nsl-kdd": ["model.name=dense_ae", "bench.check_fraction=0",
                 "bench.calibration_fraction=0.2", "models.iforest.window=1"],
-    "flows": ["model.name=dense_ae", "bench.smooth=1", "bench.check_fraction=0",
+    "flows": ["model.name=dense_ae", "bench.check_fraction=0",
               "bench.calibration_fraction=0.2", "models.iforest.window=1"],
 }
 # One thread: on a shared 2-core machine two torch / BLAS threads contend with every other
@@ -432,81 +425,7 @@ class Dataset:
         return EntityData(name, train, test, test[IS_ANOMALY].to_numpy(dtype=np.int64))
 
 
-# --------------------------------------------------------------------------- scoring helpers
-def reduce_channels(ch: np.ndarray, how: str, topk: int = 3) -> np.ndarray:
-    """Per-step score from per-channel errors (T, C): ``mean``, ``max`` or ``topk`` mean."""
-    ch = np.asarray(ch, dtype=np.float64)
-    if ch.ndim == 1 or ch.shape[1] == 1:
-        return ch.reshape(len(ch))
-    if how == "mean":
-        return ch.mean(axis=1)
-    if how == "max":
-        return ch.max(axis=1)
-    k = min(topk, ch.shape[1])
-    return np.sort(ch, axis=1)[:, -k:].mean(axis=1)
-
-
-def smooth_scores(scores: np.ndarray, k: int, mode: str = "center") -> np.ndarray:
-    """Moving average of ``k`` steps; the ends average over the steps that exist.
-
-    ``center`` averages steps ``t - k//2 .. t + (k - 1)//2``; ``trailing`` averages
-    ``t - k + 1 .. t`` (causal).
-    """
-    s = np.asarray(scores, dtype=np.float64)
-    if k <= 1 or len(s) == 0:
-        return s
-    n = len(s)
-    csum = np.concatenate(([0.0], np.cumsum(s)))
-    t = np.arange(n)
-    if mode == "center":
-        lo, hi = t - k // 2, t + (k - 1) // 2
-    else:
-        lo, hi = t - k + 1, t
-    lo, hi = np.clip(lo, 0, n - 1), np.clip(hi, 0, n - 1)
-    return (csum[hi + 1] - csum[lo]) / (hi - lo + 1)
-
-
-def causal_step_errors(model: Any, scaled: np.ndarray, tail: int = 0,
-                       batch_size: int = 1024) -> np.ndarray:
-    """(T, C) errors in which step t uses no data after t.
-
-    Each stride-1 window's mean element error (per channel) over its last ``tail`` steps
-    (0: the whole window) is placed on the step the window ends at; the first
-    ``length - 1`` steps take the first window's value. Autoencoders
-    (:class:`ae_anomaly.detector.Detector`) are scored here through their network; baselines
-    provide ``causal_errors``.
-    """
-    if hasattr(model, "causal_errors"):
-        return model.causal_errors(scaled, tail)
-    import torch
-
-    from ae_anomaly.data.windowing import sliding_windows
-    from ae_anomaly.evaluation.baselines import window_end_values
-
-    if getattr(model.network_, "needs_context", False):
-        raise ConfigError(f"bench.scoring=causal does not support the conditional model "
-                          f"'{model.model.name}'; use bench.scoring=overlap")
-    length = model.window.length
-    if len(scaled) < length:
-        raise DataError(f"a series of {len(scaled)} steps is shorter than the window ({length})")
-    wins = sliding_windows(scaled, length, 1)
-    net = model.network_
-    dev = next(net.parameters()).device
-    net.eval()
-    parts = []
-    with torch.inference_mode():
-        for i in range(0, len(wins), batch_size):
-            xb = torch.from_numpy(np.ascontiguousarray(wins[i:i + batch_size])).to(dev)
-            err = net.errors(xb, net(xb))[:, :, -tail if tail else 0:]
-            parts.append(err.mean(dim=2).to("cpu", torch.float64).numpy())
-    return window_end_values(np.concatenate(parts), length)
-
-
-def _post(ch: np.ndarray, bench: BenchConfig) -> np.ndarray:
-    return smooth_scores(reduce_channels(ch, bench.channel_reduce, bench.channel_topk),
-                         bench.smooth, bench.smooth_mode)
-
-
+# --------------------------------------------------------------------------- scoring
 @dataclass
 class CellScores:
     """Post-processed scores of one fitted model on one entity."""
@@ -526,7 +445,8 @@ def _build_ts_model(name: str, seed: int, s: BenchSettings, calibration: Calibra
 
     model_cfg = _MODEL_ADAPTER.validate_python(s.model_params[name])
     training = s.cfg.training.model_copy(update={"seed": seed})
-    return Detector(model_cfg, s.cfg.window, s.cfg.preprocess, training, calibration)
+    return Detector(model_cfg, s.cfg.window, s.cfg.preprocess, training, calibration,
+                    s.cfg.postprocess)
 
 
 def _ts_scores(name: str, seed: int, ent: EntityData, s: BenchSettings) -> CellScores:
@@ -543,18 +463,25 @@ def _ts_scores(name: str, seed: int, ent: EntityData, s: BenchSettings) -> CellS
     feats = model.feature_names_
     n_cal = int(round(len(fc) * cal_frac))  # the slice Detector.fit held out
 
-    is_detector = name not in BASELINES
+    pp = s.cfg.postprocess
+    # Baselines get the same post-processing as the autoencoders; the trailing baseline's
+    # stand-in is the median of their own calibration scores, as Detector.fit does.
+    post = Postprocessor(pp.model_copy(update={"baseline_window": 0}))
 
     def block(rows: pd.DataFrame) -> np.ndarray:
         scaled = model.scaler_.transform(rows[feats].to_numpy(np.float64))
-        if b.scoring == "causal":
-            return _post(causal_step_errors(model, scaled, b.causal_tail), b)
-        if is_detector:  # a conditional model needs the timestamps and the entity
-            ts = rows["timestamp"].to_numpy() if "timestamp" in rows.columns else None
-            return _post(model.score_values(scaled, timestamps=ts, entity=ent.name)[1], b)
-        return _post(model.score_values(scaled)[1], b)
+        if name in BASELINES:
+            errors = (model.causal_errors(scaled, pp.causal_tail) if pp.errors == "causal"
+                      else model.score_values(scaled)[1])
+            return post(errors)[0]
+        # what production writes (a conditional model needs the timestamps and the entity)
+        ts = rows["timestamp"].to_numpy() if "timestamp" in rows.columns else None
+        return model.score_values(scaled, timestamps=ts, entity=ent.name)[0]
 
     cal = block(fc.iloc[len(fc) - n_cal:])
+    if name in BASELINES and pp.baseline_window:
+        post = Postprocessor(pp, baseline=float(np.median(cal)))
+        cal = post.relative(cal)
     check = None
     min_len = getattr(getattr(model, "window", None), "length", 1)
     if n_check >= max(min_len, 1):
@@ -711,7 +638,8 @@ def load_results(path: str | Path) -> dict[str, Any]:
 
 
 # The config sections that decide a cell's result (data, sink, tracking, ... do not).
-_RESULT_SECTIONS = ("window", "preprocess", "training", "calibration", "events")
+_RESULT_SECTIONS = ("window", "preprocess", "postprocess", "training", "calibration",
+                    "events")
 
 
 def _comparable(settings: dict[str, Any]) -> dict[str, Any]:

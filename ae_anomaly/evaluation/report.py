@@ -157,12 +157,15 @@ def _runs(data: dict[str, Any]) -> tuple[list[str], float, int]:
 def _settings_line(data: dict[str, Any]) -> str:
     st = data["meta"]["settings"]
     cfg, b = st["config"], st["bench"]
+    pp = cfg.get("postprocess") or b  # results files before the postprocess section
+    scoring = pp.get("errors", pp.get("scoring", "overlap"))
+    per_channel = ", per-channel thresholds" if cfg["calibration"].get("per_channel") else ""
     return (f"window {cfg['window']['length']} (training stride "
             f"{cfg['window']['train_stride']}), scaler {cfg['preprocess']['scaler']}, "
             f"{cfg['training']['epochs']} epochs max (patience {cfg['training']['patience']}), "
-            f"{b.get('scoring', 'overlap')} scoring, "
-            f"smoothing {b['smooth']} ({b['smooth_mode']}), channel reduce "
-            f"{b['channel_reduce']}, fit/calibration/check = "
+            f"{scoring} scoring, "
+            f"smoothing {pp['smooth']} ({pp['smooth_mode']}), channel reduce "
+            f"{pp['channel_reduce']}{per_channel}, fit/calibration/check = "
             f"{1 - b['calibration_fraction'] - b['check_fraction']:.0%}/"
             f"{b['calibration_fraction']:.0%}/{b['check_fraction']:.0%} of each training "
             f"period, events k={cfg['events']['k']} of n={cfg['events']['n']}, merge gap "

@@ -3,10 +3,12 @@
 Why a run can start in the middle of a series and still write what one pass over the whole
 series would have written:
 
-* A step's score is *final* once every window covering it is complete, i.e. ``L - 1``
-  later steps exist (``L`` = ``window.length``). Scoring the steps after a point needs the
-  ``L - 1`` steps before it as context; their own scores are dropped. The newest ``L - 1``
-  steps wait for the next run.
+* A step's score is *final* once the rows it depends on exist: ``A`` later rows
+  (:attr:`~ae_anomaly.detector.Detector.context_after`: ``L - 1`` for the windows covering
+  it, ``L`` = ``window.length``, plus the smoothing ahead). Scoring the steps after a point
+  needs the ``B`` rows before it as context
+  (:attr:`~ae_anomaly.detector.Detector.context_before`); their own scores are dropped. The
+  newest ``A`` steps wait for the next run.
 * Event detection restarts cleanly after a step ``t`` when no step in ``[t - M, t]`` is
   flagged, ``M = max(merge_gap, n - 1, cooldown)``: then no event is open, the k-of-n
   counts see no earlier flag, and no cooldown is running. The watermark's
@@ -161,7 +163,8 @@ class IncrementalScorer:
         self.events_cfg = events_cfg
         self.scoring_cfg = scoring_cfg
         self.job_id = job_id
-        self.length = detector.window.length
+        self.before = detector.context_before
+        self.after = detector.context_after
         self.reach = max(events_cfg.merge_gap, events_cfg.n - 1, events_cfg.cooldown)
         self.metrics = list(detector.feature_names_)
 
@@ -267,7 +270,7 @@ class IncrementalScorer:
         at its end is returned in ``open``. With it, the scan stops at the first clean step
         at or after ``stop_after``; events starting later are left out.
         """
-        det, length = self.det, self.length
+        det = self.det
         validate = self.source.validator(self.metrics, entity)
         thr = det.threshold_for(entity)
         scorer = StreamingScorer(det, self.scoring_cfg.batch_size, entity)
@@ -291,7 +294,7 @@ class IncrementalScorer:
             scan.closed.extend(builder.push(ts, scores, ch))
 
         if after is not None:
-            ctx = self.source.rows_before(entity, after, length - 1, self.metrics, validate)
+            ctx = self.source.rows_before(entity, after, self.before, self.metrics, validate)
             skip = len(ctx)
             if len(ctx):
                 consume(scorer.push(ctx[TS].to_numpy(), ctx[self.metrics].to_numpy(np.float64)))
@@ -324,29 +327,31 @@ class IncrementalScorer:
     def clean_point_before(self, entity: str, first: datetime) -> datetime | None:
         """A clean step to restart from so that every score from ``first`` on is redone.
 
-        The ``L - 1`` steps before ``first`` share windows with it, so the restart must lie
-        before them; it is the latest step there with no flag within the rules' reach,
-        found by re-scoring backwards in growing blocks. None: the start of the series.
+        The ``A`` steps before ``first`` (``context_after``) have scores that depend on it,
+        so the restart must lie before them; it is the latest step there with no flag
+        within the rules' reach, found by re-scoring backwards in growing blocks. None: the
+        start of the series.
         """
-        det, length, reach = self.det, self.length, self.reach
-        k = max(4 * (reach + length), 512)
+        det, reach = self.det, self.reach
+        k = max(4 * (reach + self.before + self.after), 512)
         while True:
             validate = self.source.validator(self.metrics, entity)
             rows = self.source.rows_before(entity, first, k, self.metrics, validate,
                                            inclusive=False)
             n = len(rows)
             at_start = n < k
-            hi = n - length  # the last L - 1 rows may change with the re-scored data
+            hi = n - self.after - 1  # the last A rows may change with the re-scored data
             if hi < 0:
                 if at_start:
                     return None
                 k *= 4
                 continue
             values = det.scaler_.transform(rows[self.metrics].to_numpy(np.float64))
-            scores = det.block_errors(values, self.scoring_cfg.batch_size,
-                                      timestamps=rows[TS].to_numpy(),
-                                      entity=entity).mean(axis=1)
-            known = 0 if at_start else length - 1  # fully covered steps (or the series start)
+            if n < det.window.length:
+                return None  # at_start here: the whole series is shorter than one window
+            scores = det.score_values(values, self.scoring_cfg.batch_size,
+                                      timestamps=rows[TS].to_numpy(), entity=entity)[0]
+            known = 0 if at_start else self.before  # final steps (or the series start)
             flags = np.flatnonzero(scores[known:hi + 1] > det.threshold_for(entity)) + known
             t = latest_clean(flags, hi, reach)
             if at_start:

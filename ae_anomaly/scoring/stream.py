@@ -1,8 +1,10 @@
 """Chunk-invariant streaming scoring of one entity's series.
 
-Scoring a step needs every window that covers it, so a chunk's last ``L - 1`` steps wait for
-the next chunk; ``L - 1`` earlier steps are kept as context. The scores of a series are the
-same however it is cut into chunks (tested), and memory is bounded by the chunk size.
+A step's score is final once the rows it depends on have arrived: ``context_after`` later
+rows (the windows that cover it, then the smoothing ahead; see
+:attr:`ae_anomaly.detector.Detector.context_after`), so a chunk's newest steps wait for the
+next chunk, and ``context_before`` earlier rows are kept as context. The scores of a series
+are the same however it is cut into chunks (tested), and memory is bounded by the chunk size.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from ae_anomaly.detector import Detector
 
 
 class StreamingScorer:
-    """Feed consecutive raw rows of one entity; get scores for steps whose windows are complete.
+    """Feed consecutive raw rows of one entity; get scores for steps whose context is complete.
 
     Args:
         detector: a fitted detector.
@@ -27,6 +29,8 @@ class StreamingScorer:
         self.batch_size = batch_size
         self.entity = entity
         self.length = detector.window.length
+        self.before = detector.context_before
+        self.after = detector.context_after
         self._ts: np.ndarray | None = None
         self._x: np.ndarray | None = None
         self._pending = 0  # index in the buffer of the first step not yet emitted
@@ -35,21 +39,23 @@ class StreamingScorer:
 
     def _emit(self, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         assert self._x is not None and self._ts is not None
-        start = max(0, self._pending - self.length + 1)
-        stop = min(len(self._x), end + self.length - 1)
-        ch = self.det.block_errors(self._x[start:stop], self.batch_size,
-                                   timestamps=self._ts[start:stop], entity=self.entity)
+        start = max(0, self._pending - self.before)
+        stop = min(len(self._x), end + self.after)
+        scores, ch = self.det.score_values(self._x[start:stop], self.batch_size,
+                                           timestamps=self._ts[start:stop],
+                                           entity=self.entity)
+        scores = scores[self._pending - start:end - start]
         ch = ch[self._pending - start:end - start]
         ts = self._ts[self._pending:end]
-        keep = max(0, end - (self.length - 1))
+        keep = max(0, end - self.before)
         self._ts, self._x = self._ts[keep:], self._x[keep:]
         self._pending = end - keep
         self.n_emitted += len(ts)
-        return ts, ch.mean(axis=1), ch
+        return ts, scores, ch
 
     def push(self, ts: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray,
                                                                   np.ndarray]:
-        """Add rows (raw values, (T, C)); returns (timestamps, scores, channel errors)."""
+        """Add rows (raw values, (T, C)); returns (timestamps, scores, channel values)."""
         scaled = self.det.scaler_.transform(values)
         self.n_seen += len(ts)
         if self._x is None:
@@ -57,8 +63,10 @@ class StreamingScorer:
         else:
             self._ts = np.concatenate([self._ts, ts])
             self._x = np.concatenate([self._x, scaled])
-        end = len(self._x) - self.length + 1
-        if end <= self._pending:
+        end = len(self._x) - self.after
+        # A block must hold at least one window.
+        if end <= self._pending or min(len(self._x), end + self.after) - max(
+                0, self._pending - self.before) < self.length:
             return _empty(values.shape[1])
         return self._emit(end)
 

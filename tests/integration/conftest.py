@@ -233,8 +233,10 @@ class Store:
 
 
 def train_and_register(root: Path, name: str = "ops-tiny", *, seed: int = 0,
-                       n_metrics: int = 4, epochs: int = 2) -> Store:
-    """Train a tiny detector and register it through the pipeline (champion if first)."""
+                       n_metrics: int = 4, epochs: int = 2,
+                       sections: dict[str, Any] | None = None) -> Store:
+    """Train a tiny detector and register it through the pipeline (champion if first);
+    ``sections`` are merged into the TINY config (e.g. a ``postprocess`` section)."""
     from ae_anomaly import pipeline
     from ae_anomaly.config import AppConfig
     from ae_anomaly.data.synthetic import generate_server_metrics
@@ -247,6 +249,8 @@ def train_and_register(root: Path, name: str = "ops-tiny", *, seed: int = 0,
     raw["tracking"] = tracking
     raw["training"]["seed"] = seed
     raw["training"]["epochs"] = epochs
+    for key, value in (sections or {}).items():
+        raw[key] = {**raw.get(key, {}), **value}
     cfg = AppConfig.model_validate(raw)
     data = generate_server_metrics(cfg.data.synthetic)
     frame = data.train
@@ -266,6 +270,19 @@ def store(tmp_path_factory: pytest.TempPathFactory, _quiet_env: None) -> Store:
     """A session-wide MLflow store whose tiny detector is the champion. Do not move its
     aliases: promotion tests train their own store."""
     return train_and_register(tmp_path_factory.mktemp("mlflow"))
+
+
+#: Post-processing that reaches both ways in time (centred smoothing) with per-channel
+#: thresholds: the context the incremental scorer must keep is larger than one window.
+SMOOTHED = {"postprocess": {"smooth": 5, "smooth_mode": "center"},
+            "calibration": {"per_channel": True}}
+
+
+@pytest.fixture(scope="session")
+def smoothed_store(tmp_path_factory: pytest.TempPathFactory, _quiet_env: None) -> Store:
+    """Like ``store``, with :data:`SMOOTHED` post-processing, in its own MLflow store."""
+    return train_and_register(tmp_path_factory.mktemp("mlflow-smoothed"), "ops-smoothed",
+                              sections=SMOOTHED)
 
 
 # ----------------------------------------------------------------------------- data and runs

@@ -26,6 +26,21 @@ def _reference(ops, store, tmp_path: Path, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_incremental_runs_match_one_pass_with_late_data(db_url, store, ops, tmp_path):
+    got = _incremental_matches_one_pass(db_url, store, ops, tmp_path)
+    assert not got.is_open.any()
+
+
+def test_incremental_with_smoothing_and_per_channel_thresholds(smoothed_store, ops, tmp_path):
+    """Centred smoothing needs context on both sides of a chunk, per-channel thresholds
+    change the score: runs with late data still write what one pass writes."""
+    det = smoothed_store.detector
+    assert det.context_after == det.window.length - 1 + 2  # smoothing 5, centred
+    assert det.postprocessor_.channel_scale is not None
+    _incremental_matches_one_pass(f"sqlite:///{tmp_path}/inc.db", smoothed_store, ops,
+                                  tmp_path)
+
+
+def _incremental_matches_one_pass(db_url, store, ops, tmp_path):
     score = store.data.score
     want = _reference(ops, store, tmp_path, score)
     assert len(want) >= 3
@@ -41,10 +56,13 @@ def test_incremental_runs_match_one_pass_with_late_data(db_url, store, ops, tmp_
     got = ops.read_events(db_url)
     ops.assert_same_events(got, want)
     assert late, "the late drop was not re-scored as late data"
-    assert not got.is_open.any()
+    # An event still running where the data ends is open in both, and only there.
+    open_got = got.set_index("event_id").is_open.sort_index()
+    assert open_got.equals(want.set_index("event_id").is_open.sort_index())
     # Every drop was moved to processed/, the landing folder is empty.
     assert sorted(p.name for p in (tmp_path / "landing" / "processed").iterdir()) == sorted(
         f"drop{i}.csv" for i in range(6))
+    return got
 
 
 def test_event_open_at_run_end_is_updated_not_duplicated(db_url, store, ops, tmp_path):

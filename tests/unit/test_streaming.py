@@ -4,13 +4,22 @@ The network runs in float32, so batches of another composition differ in the las
 (about 1e-8 relative); equality is asserted to float32 precision.
 """
 
+import copy
+
 import numpy as np
 import pytest
 
-from ae_anomaly.config import ConvAEConfig, SyntheticConfig, TrainingConfig, WindowConfig
+from ae_anomaly.config import (
+    ConvAEConfig,
+    PostprocessConfig,
+    SyntheticConfig,
+    TrainingConfig,
+    WindowConfig,
+)
 from ae_anomaly.data.synthetic import generate_server_metrics
 from ae_anomaly.detector import Detector
 from ae_anomaly.errors import DataError
+from ae_anomaly.postprocess import Postprocessor
 from ae_anomaly.scoring.stream import StreamingScorer
 
 
@@ -32,9 +41,32 @@ def test_threshold_fitted_once_and_frozen(fitted):
     assert det.rule_.report()["n_calibration"] == 2 * round(1440 * 0.2)
 
 
+def _with_postprocess(det: Detector, **kw) -> Detector:
+    """The fitted detector scoring with other post-processing (threshold left as is)."""
+    other = copy.copy(det)
+    scale = np.linspace(0.5, 2.0, len(det.feature_names_)) if kw.pop("scaled", None) else None
+    other.postprocess = PostprocessConfig(**kw)
+    other.postprocessor_ = Postprocessor(other.postprocess, scale,
+                                         baseline=float(np.median(det.rule_.calibration_scores_)))
+    return other
+
+
+POSTPROCESS = {
+    "overlap": {},
+    "center-7": {"smooth": 7, "smooth_mode": "center"},
+    "trailing-5-max": {"smooth": 5, "channel_reduce": "max"},
+    "causal-center-4": {"errors": "causal", "smooth": 4, "smooth_mode": "center"},
+    "causal-tail": {"errors": "causal", "causal_tail": 2},
+    "per-channel-scales": {"smooth": 3, "scaled": True},
+    "baseline-40": {"smooth": 3, "smooth_mode": "center", "baseline_window": 40},
+}
+
+
+@pytest.mark.parametrize("post", list(POSTPROCESS))
 @pytest.mark.parametrize("chunks", [[1], [7], [15, 16, 17], [100], [5000]])
-def test_chunking_does_not_change_scores(fitted, chunks):
+def test_chunking_does_not_change_scores(fitted, chunks, post):
     det, data = fitted
+    det = _with_postprocess(det, **dict(POSTPROCESS[post]))
     series = data.score[data.score.entity == "server-01"]
     values = series[det.feature_names_].to_numpy()
     ts = series.timestamp.to_numpy()
@@ -76,3 +108,26 @@ def test_short_series_is_refused(fitted):
     det, data = fitted
     with pytest.raises(DataError, match="shorter than the window"):
         det.score(data.score.head(5))
+
+
+def test_context_follows_the_postprocessing(fitted):
+    det, _ = fitted
+    assert (det.context_before, det.context_after) == (15, 15)
+    centred = _with_postprocess(det, smooth=7, smooth_mode="center")
+    assert (centred.context_before, centred.context_after) == (15 + 3, 15 + 3)
+    causal = _with_postprocess(det, errors="causal", smooth=5)
+    assert (causal.context_before, causal.context_after) == (15 + 4, 0)
+    relative = _with_postprocess(det, baseline_window=100)
+    assert (relative.context_before, relative.context_after) == (15 + 100, 15)
+
+
+def test_causal_scores_do_not_look_ahead(fitted):
+    det, data = fitted
+    det = _with_postprocess(det, errors="causal", smooth=3)
+    series = data.score[data.score.entity == "server-01"]
+    x = det.scaler_.transform(series[det.feature_names_].to_numpy())
+    whole = det.score_values(x)[0]
+    changed = x.copy()
+    changed[200:] += 5.0  # the future changes; scores up to step 199 must not
+    np.testing.assert_allclose(det.score_values(changed)[0][:200], whole[:200], rtol=1e-5)
+    assert not np.allclose(det.score_values(changed)[0][200:210], whole[200:210])

@@ -12,14 +12,9 @@ import pytest
 from ae_anomaly.cli import main
 from ae_anomaly.errors import ConfigError
 from ae_anomaly.evaluation.baselines import PCABaseline, PCABaselineConfig, build_baseline
-from ae_anomaly.evaluation.benchmark import (
-    RECORD_KEYS,
-    reduce_channels,
-    resolve_settings,
-    run_benchmark,
-    smooth_scores,
-)
+from ae_anomaly.evaluation.benchmark import RECORD_KEYS, resolve_settings, run_benchmark
 from ae_anomaly.evaluation.report import render
+from ae_anomaly.postprocess import reduce_channels, smooth_scores
 
 TINY_AE = ["window.length=16", "training.epochs=1", "model.channels=[8]", "model.latent_dim=4",
            "training.batch_size=64"]
@@ -109,7 +104,7 @@ def test_resume_refuses_other_settings(smd_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "res.json"
     _run(smd_dir, out, ["random"])
     with pytest.raises(ConfigError, match="other settings"):
-        _run(smd_dir, out, ["random"], overrides=["bench.smooth=3"])
+        _run(smd_dir, out, ["random"], overrides=["postprocess.smooth=3"])
     _run(smd_dir, out, ["random", "pca"], overrides=["models.pca.variance=0.5"])
     with pytest.raises(ConfigError, match="other model settings"):
         _run(smd_dir, out, ["pca"], overrides=["models.pca.variance=0.9"])
@@ -117,9 +112,9 @@ def test_resume_refuses_other_settings(smd_dir: Path, tmp_path: Path) -> None:
 
 def test_settings_precedence_and_errors(smd_dir: Path, tmp_path: Path) -> None:
     s = resolve_settings("smd", smd_dir, ["conv_ae", "pca"],
-                         overrides=["bench.smooth=3", "models.pca.variance=0.9",
+                         overrides=["postprocess.smooth=3", "models.pca.variance=0.9",
                                     "model.latent_dim=4", "models.conv_ae.kernel_size=3"])
-    assert s.bench.smooth == 3 and s.cfg.training.progress is False
+    assert s.cfg.postprocess.smooth == 3 and s.cfg.training.progress is False
     assert s.model_params["pca"]["variance"] == 0.9
     assert s.model_params["pca"]["scaler"] == "none"  # the SMD default
     assert s.model_params["conv_ae"]["latent_dim"] == 4
@@ -230,7 +225,7 @@ def test_flows_tabular_benchmark(tmp_path: Path) -> None:
     settings = resolve_settings(
         "flows", data, models, dataset_config=repo / "configs" / "datasets" / "netflow.yaml",
         overrides=["training.epochs=2", "model.hidden=[16]", "model.latent_dim=4"])
-    assert settings.bench.smooth == 1 and settings.bench.check_fraction == 0
+    assert settings.cfg.postprocess.smooth == 1 and settings.bench.check_fraction == 0
     res = run_benchmark(settings, tmp_path / "flows.json", models, [0], progress=False)
     assert {r["model"] for r in res["records"]} == set(models)
     for rec in res["records"]:
@@ -242,3 +237,36 @@ def test_flows_tabular_benchmark(tmp_path: Path) -> None:
     assert summ["random"]["f1"] < summ["pca"]["f1"]
     with pytest.raises(ConfigError, match="dataset-config"):
         resolve_settings("flows", data, ["pca"])
+
+
+@pytest.mark.parametrize("post", [
+    ["postprocess.smooth=5", "postprocess.smooth_mode=center"],
+    ["postprocess.errors=causal", "postprocess.smooth=3", "calibration.per_channel=true"],
+    ["postprocess.baseline_window=200", "postprocess.smooth=3"],
+])
+def test_benchmark_scores_are_what_production_writes(smd_dir: Path, post: list[str],
+                                                     tmp_path: Path) -> None:
+    """A cell's test scores and threshold equal those of a detector trained and scored by the
+    production code (Detector.fit / Detector.score) with the same settings."""
+    from ae_anomaly.calibration import rule_from_config
+    from ae_anomaly.detector import Detector
+    from ae_anomaly.evaluation.benchmark import Dataset, _ts_scores
+
+    settings = resolve_settings("smd", smd_dir, ["conv_ae"], overrides=[*TINY_AE, *post])
+    ent = Dataset(settings).load("machine-a")
+    cell = _ts_scores("conv_ae", 0, ent, settings)
+
+    cfg, b = settings.cfg, settings.bench
+    n_check = int(round(len(ent.train) * b.check_fraction))
+    calibration = cfg.calibration.model_copy(update={
+        "calibration_fraction": b.calibration_fraction / (1 - b.check_fraction)})
+    det = Detector(cfg.model.model_copy(update={"name": "conv_ae"}), cfg.window,
+                   cfg.preprocess, cfg.training.model_copy(update={"seed": 0}), calibration,
+                   cfg.postprocess)
+    det.fit(ent.train.iloc[:len(ent.train) - n_check])
+    np.testing.assert_allclose(cell.test, det.score(ent.test), rtol=1e-5, atol=1e-9)
+    thr = rule_from_config(calibration).fit(cell.cal).threshold_
+    assert thr == pytest.approx(det.threshold_, rel=1e-6)
+    # and what a saved, reloaded model (the registry's) writes
+    back = Detector.load(det.save(tmp_path / "det"))
+    np.testing.assert_array_equal(back.score(ent.test), det.score(ent.test))
