@@ -76,6 +76,15 @@ if [ "${BENCH_VARIANTS:-0}" = 1 ]; then
   # fit on 98% of the training period (no check slice): the reference PCA protocol
   bench variants/smd-fit98 "${V[@]}" "${M[@]}" "${SMD_SET[@]}" \
     --set bench.check_fraction=0 --set bench.calibration_fraction=0.02
+  # issue 4: per-channel thresholds, and a score relative to its trailing one-day median
+  bench variants/smd-perchannel "${V[@]}" "${M[@]}" "${SMD_SET[@]}" \
+    --set calibration.per_channel=true
+  bench variants/smd-baseline1440 "${V[@]}" "${M[@]}" "${SMD_SET[@]}" \
+    --set postprocess.baseline_window=1440
+  # NAB with the trailing baseline (one day at NAB's usual 5-minute sampling), all seeds
+  bench variants/nab-baseline288 --dataset nab --data-dir "$DATA/nab" \
+    --models conv_ae,pca,random --seeds "$SEEDS" --calibration conformal --alphas 0.001 \
+    --set postprocess.baseline_window=288
 fi
 
 files=()

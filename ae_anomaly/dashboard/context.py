@@ -180,8 +180,9 @@ class ContextLoader:
         if det is None:
             ctx.notes.append(f"Anomaly score not shown ({why}); raw series only.")
             return ctx
-        margin = int(det.window.length)
-        s_lo, s_hi = max(0, lo - margin), min(len(ts), hi + margin)
+        # the rows the scores of [lo, hi) depend on (window, smoothing, baseline)
+        s_lo = max(0, lo - int(det.context_before))
+        s_hi = min(len(ts), hi + int(det.context_after))
         part = full.iloc[s_lo:s_hi]
         if len(part) < det.window.length:
             ctx.notes.append("Anomaly score not shown: fewer steps than one window.")

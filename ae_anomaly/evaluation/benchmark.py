@@ -455,7 +455,11 @@ def _ts_scores(name: str, seed: int, ent: EntityData, s: BenchSettings) -> CellS
     n_check = int(round(n * b.check_fraction))
     fc = ent.train.iloc[: n - n_check]
     cal_frac = b.calibration_fraction / (1.0 - b.check_fraction)
-    calibration = s.cfg.calibration.model_copy(update={"calibration_fraction": cal_frac})
+    # The model is fitted at the headline calibration: per-channel thresholds scale each
+    # channel by its quantile at that alpha (the other calibrations reuse the scales).
+    method, alpha = s.calibrations[0]
+    calibration = s.cfg.calibration.model_copy(update={
+        "calibration_fraction": cal_frac, "alpha": alpha, "method": method})
     model = _build_ts_model(name, seed, s, calibration)
     t0 = time.perf_counter()
     model.fit(fc)

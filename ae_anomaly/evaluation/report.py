@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ae_anomaly.config import AppConfig
 from ae_anomaly.evaluation.benchmark import (
     ALWAYS_DEFAULTS,
@@ -273,22 +275,47 @@ def render_variants(base_path: str | Path, variant_paths: Sequence[str | Path]) 
     seeds = {r["seed"] for _, d in variants for r in d["records"]} or {0}
     cal = (variants[0][1]["meta"]["settings"]["calibrations"][0] if variants
            else base["meta"]["settings"]["calibrations"][0])
+    nab = base["meta"]["settings"]["dataset"] == "nab"
+    key = f"{cal[0]}@{cal[1]:g}"
+
+    def within(summ: dict[str, Any]) -> str:
+        c = summ.get("calibrations", {}).get(key, {})
+        n = c.get("far_check_entities") or 0
+        return f"{c.get('far_check_within', 0)}/{n}" if n else "-"
+
+    def nab_standard(summ: dict[str, Any], model: str, headline: bool) -> str:
+        if not headline:
+            return _f(summ.get("nab_standard"), 1)
+        # the headline's per-seed NAB scores, at its headline calibration only
+        first = base["meta"]["settings"]["calibrations"][0]
+        per_seed = base["summary"].get(model, {}).get("nab_per_seed", {})
+        vals = [v["standard"] for k, v in per_seed.items() if int(k) in seeds]
+        return _f(float(np.mean(vals)), 1) if vals and list(first) == list(cal) else "-"
+
+    def cells(summ: dict[str, Any], model: str, headline: bool) -> list[str]:
+        out = [_f(summ["auc_pr"]), _f(summ["f1"]), _f(summ["best_f1"]), _f(summ["auc_roc"]),
+               _pct(summ["far_normal"])]
+        if nab:
+            return [*out, nab_standard(summ, model, headline)]
+        return [*out, _pct(summ["far_check"]), within(summ)]
+
     rows = []
     head = _headline_subset(base, seeds, cal)
-    for m, s in head.items():
+    for m, sm in head.items():
         rows.append([f"`{Path(base_path).name}`", f"headline settings ({cal[0]} at {cal[1]:g})",
-                     f"`{m}`", str(s["entities"]), ",".join(map(str, s["seeds"])),
-                     _f(s["auc_pr"]), _f(s["f1"]), _f(s["best_f1"]), _f(s["auc_roc"]),
-                     _pct(s["far_check"])])
+                     f"`{m}`", str(sm["entities"]), ",".join(map(str, sm["seeds"])),
+                     *cells(sm, m, True)])
     for path, data in variants:
-        for m, s in data["summary"].items():
+        for m, sm in data["summary"].items():
             known = any(r["model"] == m for r in base["records"])
             diff = _differences(base, data, m) + ("" if known else f"; model `{m}`")
-            rows.append([f"`{Path(path).name}`", diff, f"`{m}`", str(s["entities"]),
-                         ",".join(map(str, s["seeds"])), _f(s["auc_pr"]), _f(s["f1"]),
-                         _f(s["best_f1"]), _f(s["auc_roc"]), _pct(s["far_check"])])
-    return _table(["file", "what differs", "model", "entities", "seeds", "AUC-PR", "F1",
-                   "best F1 (oracle)", "AUC-ROC", "far_check"], rows)
+            rows.append([f"`{Path(path).name}`", diff, f"`{m}`", str(sm["entities"]),
+                         ",".join(map(str, sm["seeds"])), *cells(sm, m, False)])
+    header = ["file", "what differs", "model", "entities", "seeds", "AUC-PR", "F1",
+              "best F1 (oracle)", "AUC-ROC", "far_normal"]
+    header += (["NAB standard"] if nab else
+               ["far_check", f"far_check in [{FAR_BOUNDS[0]}, {FAR_BOUNDS[1]}] x alpha"])
+    return _table(header, rows)
 
 
 HEADER = """# Benchmarks
