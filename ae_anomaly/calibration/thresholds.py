@@ -293,12 +293,19 @@ class POTThreshold(ThresholdRule):
     N_t)`` when ``gamma`` is ~0). Unlike the order-statistic rules it works for
     ``alpha < 1 / n``.
 
+    With fewer than ``min_excess`` (10) scores above the initial quantile (a small
+    calibration set), the initial threshold is lowered to the ``min_excess + 1``-th largest
+    score so that the tail fit has ``min_excess`` points; the quantile actually used is kept
+    in ``initial_quantile_used_`` and a warning is logged. Fewer than ``2 * min_excess``
+    calibration scores are refused.
+
     Args:
         alpha: target false-alarm probability.
         initial_quantile: quantile of the calibration scores used as the initial threshold.
     """
 
     name = "pot"
+    min_excess: ClassVar[int] = 10
 
     def __init__(self, alpha: float = 0.001, initial_quantile: float = 0.98) -> None:
         super().__init__(alpha)
@@ -309,12 +316,14 @@ class POTThreshold(ThresholdRule):
         self.gamma_: float | None = None
         self.sigma_: float | None = None
         self.n_excess_: int | None = None
+        self.initial_quantile_used_: float | None = None
 
     def _params(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "initial_quantile": self.initial_quantile}
 
     def _state(self) -> dict[str, Any]:
         return {
+            "initial_quantile_used_": self.initial_quantile_used_,
             "initial_threshold_": self.initial_threshold_,
             "gamma_": self.gamma_,
             "sigma_": self.sigma_,
@@ -322,18 +331,38 @@ class POTThreshold(ThresholdRule):
         }
 
     def _fit_threshold(self, scores: np.ndarray, labels: np.ndarray | None) -> float:
-        n = scores.size
-        t = float(np.quantile(scores, self.initial_quantile))
+        n, m = scores.size, self.min_excess
+        if n < 2 * m:
+            raise ValueError(
+                f"pot: {n} calibration scores are too few for a tail fit; need at least "
+                f"{2 * m} (use more calibration data or another method)"
+            )
+        q = self.initial_quantile
+        t = float(np.quantile(scores, q))
+        if np.count_nonzero(scores > t) < m:
+            # Small set (or ties): the largest value with at least m scores above it.
+            ordered = np.sort(scores)
+            values = np.unique(ordered)
+            above = n - np.searchsorted(ordered, values, side="right")
+            ok = values[above >= m]
+            if not ok.size:
+                raise ValueError(
+                    f"pot: fewer than {m} distinct tail scores among {n} calibration scores "
+                    "(tied scores); use another method")
+            t = float(ok.max())
+            q = float(np.searchsorted(ordered, t, side="right") / n)
+            logger.warning(
+                "pot: fewer than %d of %d calibration scores exceed the initial quantile "
+                "%g; the tail is fitted above the %.3g quantile instead",
+                m, n, self.initial_quantile, q)
         excess = scores[scores > t] - t
         n_t = int(excess.size)
         self.initial_threshold_ = t
+        self.initial_quantile_used_ = q
         self.n_excess_ = n_t
-        if n_t < 10:
-            raise ValueError(
-                f"pot: only {n_t} calibration scores exceed the initial quantile "
-                f"{self.initial_quantile:g}; need at least 10 (use more calibration data or a "
-                "lower pot_initial_quantile)"
-            )
+        if np.ptp(excess) == 0:
+            raise ValueError(f"pot: the {n_t} scores above the initial threshold are all "
+                             "equal (tied scores): no tail to fit; use another method")
         gamma, _, sigma = stats.genpareto.fit(excess, floc=0)
         self.gamma_, self.sigma_ = float(gamma), float(sigma)
         ratio = self.alpha * n / n_t

@@ -455,11 +455,11 @@ def _ts_scores(name: str, seed: int, ent: EntityData, s: BenchSettings) -> CellS
     n_check = int(round(n * b.check_fraction))
     fc = ent.train.iloc[: n - n_check]
     cal_frac = b.calibration_fraction / (1.0 - b.check_fraction)
-    # The model is fitted at the headline calibration: per-channel thresholds scale each
-    # channel by its quantile at that alpha (the other calibrations reuse the scales).
-    method, alpha = s.calibrations[0]
+    # The model is fitted at the headline alpha: per-channel thresholds scale each channel
+    # by its quantile at that alpha (the other calibrations reuse the scales). Its own
+    # threshold is not used: evaluate_cell fits every calibration on the scores.
     calibration = s.cfg.calibration.model_copy(update={
-        "calibration_fraction": cal_frac, "alpha": alpha, "method": method})
+        "calibration_fraction": cal_frac, "alpha": s.calibrations[0][1]})
     model = _build_ts_model(name, seed, s, calibration)
     t0 = time.perf_counter()
     model.fit(fc)
@@ -560,8 +560,15 @@ def evaluate_cell(sc: CellScores, ent: EntityData, s: BenchSettings) -> dict[str
     cals: list[dict[str, Any]] = []
     for method, alpha in s.calibrations:
         cal_cfg = s.cfg.calibration.model_copy(update={"method": method, "alpha": alpha})
-        rule = rule_from_config(cal_cfg).fit(sc.cal)
-        thr = float(rule.threshold_)
+        try:
+            thr = float(rule_from_config(cal_cfg).fit(sc.cal).threshold_)
+            failed = None
+        except ValueError as exc:
+            # The rule cannot be fitted on this entity's calibration scores (e.g. pot on
+            # tied scores): it raises no alarm here, and the record says why.
+            log.warning("%s: %s at alpha %g cannot be fitted (%s); no alarms", ent.name,
+                        method, alpha, exc)
+            thr, failed = math.inf, str(exc)
         if tabular:
             pred_all = sc.test > thr
             n_events = int(pred_all.sum())
@@ -577,6 +584,8 @@ def evaluate_cell(sc: CellScores, ent: EntityData, s: BenchSettings) -> dict[str
         pred = pred_all[ent.eval_from:]
         m = evaluate(labels, test_eval, pred)
         row: dict[str, Any] = {"calibration": method, "alpha": alpha, "threshold": thr, **m}
+        if failed:
+            row["calibration_error"] = failed
         row["flag_rate_normal"] = (float(np.mean(test_eval[normal] > thr))
                                    if normal.any() else float("nan"))
         if sc.check is not None and len(sc.check):

@@ -110,9 +110,23 @@ def test_pot_recovers_extreme_quantile_of_gpd_tail() -> None:
     assert abs(float(np.median(rel))) < 0.10
 
 
-def test_pot_rejects_too_few_excesses() -> None:
-    with pytest.raises(ValueError, match="initial quantile"):
-        POTThreshold(alpha=0.01).fit(np.arange(100.0))
+def test_pot_small_sets_lower_the_initial_quantile_or_are_refused(caplog) -> None:
+    # 100 scores: 2 lie above the 0.98 quantile; the fit moves down to the 10 largest
+    rule = POTThreshold(alpha=0.001).fit(np.random.default_rng(3).exponential(size=100))
+    assert rule.n_excess_ == 10 and rule.initial_quantile_used_ == pytest.approx(0.90)
+    assert "tail is fitted above the 0.9 quantile" in caplog.text
+    # alpha far below 1 / n: the threshold is extrapolated into the fitted tail
+    assert np.isfinite(rule.threshold_) and rule.threshold_ > rule.initial_threshold_
+    back = ThresholdRule.from_dict(rule.to_dict())
+    assert back.initial_quantile_used_ == rule.initial_quantile_used_
+    with pytest.raises(ValueError, match="too few for a tail fit"):
+        POTThreshold(alpha=0.01).fit(np.arange(15.0))
+    with pytest.raises(ValueError, match="tied scores"):
+        POTThreshold(alpha=0.01).fit(np.r_[np.zeros(85), np.ones(15)])
+    # ties below the top: the initial threshold moves to the next lower distinct value
+    tied = np.r_[np.linspace(0, 1, 80), np.full(15, 2.0), np.linspace(3, 4, 5)]
+    rule = POTThreshold(alpha=0.001).fit(tied)
+    assert rule.initial_threshold_ == 1.0 and rule.n_excess_ == 20
 
 
 # --------------------------------------------------------------------------- other rules

@@ -212,6 +212,33 @@ def test_nab_summary_has_profiles(nab_dir: Path, tmp_path: Path) -> None:
     assert "NAB" in render([tmp_path / "nab.json"])
 
 
+def test_a_rule_that_cannot_be_fitted_raises_no_alarm_and_says_why(nab_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    """pot on a flat series (all calibration scores tied) cannot be fitted: that file gets
+    no detections under pot, with the reason in the record; conformal is unaffected."""
+    import shutil
+
+    root = tmp_path / "nab"
+    shutil.copytree(nab_dir, root)
+    ts = np.datetime64("2020-01-01T00:00") + np.arange(2000) * np.timedelta64(5, "m")
+    lines = ["timestamp,value"] + [f"{str(t).replace('T', ' ')}:00,1.0" for t in ts]
+    (root / "data" / "cat" / "flat.csv").write_text("\n".join(lines) + "\n")
+    windows = json.loads((root / "labels" / "combined_windows.json").read_text())
+    windows["cat/flat.csv"] = []
+    (root / "labels" / "combined_windows.json").write_text(json.dumps(windows))
+    settings = resolve_settings("nab", root, ["pca"], calibration_methods=["pot", "conformal"],
+                                alphas=[0.001],
+                                overrides=["window.length=8", "models.pca.window=8"])
+    data = run_benchmark(settings, tmp_path / "nab.json", ["pca"], [0], progress=False)
+    by_file = {r["entity"]: r for r in data["records"]}
+    flat = by_file["cat/flat.csv"]["calibrations"]
+    assert "tied scores" in flat[0]["calibration_error"] and flat[0]["detections"] == []
+    assert "calibration_error" not in flat[1]
+    pot_a = by_file["cat/a.csv"]["calibrations"][0]
+    assert "calibration_error" not in pot_a and math.isfinite(pot_a["threshold"])
+    assert math.isfinite(data["summary"]["pca"]["nab_standard"])
+
+
 def test_flows_tabular_benchmark(tmp_path: Path) -> None:
     from ae_anomaly.data.synthetic_flows import generate_flows
 
