@@ -309,6 +309,10 @@ def render_variants(base_path: str | Path, variant_paths: Sequence[str | Path]) 
         for m, sm in data["summary"].items():
             known = any(r["model"] == m for r in base["records"])
             diff = _differences(base, data, m) + ("" if known else f"; model `{m}`")
+            own = data["meta"]["settings"]["calibrations"][0]
+            if list(own) != list(cal):  # the variant's figures are at its own calibration
+                diff = diff.replace("(same settings)", "").strip("; ")
+                diff = (f"{diff}; " if diff else "") + f"threshold `{own[0]}` at {own[1]:g}"
             rows.append([f"`{Path(path).name}`", diff, f"`{m}`", str(sm["entities"]),
                          ",".join(map(str, sm["seeds"])), *cells(sm, m, False)])
     header = ["file", "what differs", "model", "entities", "seeds", "AUC-PR", "F1",
