@@ -468,8 +468,8 @@ def _ts_scores(name: str, seed: int, ent: EntityData, s: BenchSettings) -> CellS
     n_cal = int(round(len(fc) * cal_frac))  # the slice Detector.fit held out
 
     pp = s.cfg.postprocess
-    # Baselines get the same post-processing as the autoencoders; the trailing baseline's
-    # stand-in is the median of their own calibration scores, as Detector.fit does.
+    # Baselines get the same post-processing as the autoencoders (the trailing baseline is
+    # applied below, once its stand-in, the median calibration score, is known).
     post = Postprocessor(pp.model_copy(update={"baseline_window": 0}))
 
     def block(rows: pd.DataFrame) -> np.ndarray:
@@ -483,9 +483,6 @@ def _ts_scores(name: str, seed: int, ent: EntityData, s: BenchSettings) -> CellS
         return model.score_values(scaled, timestamps=ts, entity=ent.name)[0]
 
     cal = block(fc.iloc[len(fc) - n_cal:])
-    if name in BASELINES and pp.baseline_window:
-        post = Postprocessor(pp, baseline=float(np.median(cal)))
-        cal = post.relative(cal)
     check = None
     min_len = getattr(getattr(model, "window", None), "length", 1)
     if n_check >= max(min_len, 1):
@@ -493,6 +490,10 @@ def _ts_scores(name: str, seed: int, ent: EntityData, s: BenchSettings) -> CellS
     t1 = time.perf_counter()
     test = block(ent.test)
     score_s = time.perf_counter() - t1
+    if name in BASELINES and pp.baseline_window:  # as Detector.fit and score_values do
+        relative = Postprocessor(pp, baseline=float(np.median(cal))).relative
+        cal, test = relative(cal), relative(test)
+        check = None if check is None else relative(check)
     extra: dict[str, Any] = {"n_fit": len(fc) - n_cal, "n_cal": n_cal, "n_check": n_check}
     hist = getattr(model, "history_", None)
     if hist is not None:

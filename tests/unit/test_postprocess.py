@@ -111,7 +111,7 @@ def test_per_channel_detector_flags_a_quiet_channel_the_mean_misses(data, tmp_pa
     fresh.iloc[rows, fresh.columns.get_loc(col)] += 3 * data.train[col].std()
     hits_pc = det.predict(fresh)[rows].mean()
     hits_plain = plain.predict(fresh)[rows].mean()
-    assert hits_pc >= 0.5 and hits_pc > hits_plain + 0.3  # measured: 0.6 vs 0.07
+    assert hits_pc >= 0.5 and hits_pc > hits_plain + 0.3  # measured: 0.57 vs 0.07
     # the flagged channel is the shifted one
     x = det.scaler_.transform(fresh[det.feature_names_].to_numpy()[rows[0] - 50:rows[-1] + 50])
     assert np.argmax(det.score_values(x)[1][60:80].mean(axis=0)) == quiet

@@ -307,13 +307,14 @@ def test_variant_table_names_what_differs_and_counts_the_bar(smd_dir: Path,
     head = tmp_path / "smd.json"
     _run(smd_dir, head, models, alphas=[0.01])
     smooth = tmp_path / "smd-smooth3.json"
-    _run(smd_dir, smooth, models, alphas=[0.01], overrides=["postprocess.smooth=3"])
+    _run(smd_dir, smooth, models, alphas=[0.01],
+         overrides=["postprocess.smooth=3", "postprocess.baseline_window=50"])
     ksig = tmp_path / "smd-ksigma.json"
     _run(smd_dir, ksig, models, calibration_methods=["k_sigma"], alphas=[0.01])
     table = render_variants(head, [smooth, ksig])
     rows = {line.split(" | ")[0].strip("| `") + ":" + line.split(" | ")[2].strip("`"): line
             for line in table.splitlines()[2:]}
-    assert "postprocess.smooth=3" in rows["smd-smooth3.json:pca"]
+    assert "postprocess.baseline_window=50, postprocess.smooth=3" in rows["smd-smooth3.json:pca"]
     assert "threshold `k_sigma` at 0.01" in rows["smd-ksigma.json:random"]
     assert "headline settings (conformal at 0.01)" in rows["smd.json:pca"]
     # the last column counts the machines whose far_check lies within the bar
