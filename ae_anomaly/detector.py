@@ -61,7 +61,7 @@ from ae_anomaly.persistence import (
     package_versions,
     save_folder,
 )
-from ae_anomaly.postprocess import Postprocessor, channel_quantiles
+from ae_anomaly.postprocess import Postprocessor
 from ae_anomaly.training import TrainHistory, resolve_device, seed_everything, train_network
 
 log = logging.getLogger(__name__)
@@ -225,22 +225,13 @@ class Detector:
         self.network_.post_fit(train)
         self.network_.eval()
         self.steps_per_day_ = _steps_per_day(frame)
-        smoothing = Postprocessor(self.postprocess)
-        cal_ch = [smoothing.channels(self.step_errors(self.scaler_.transform(p),
-                                                      timestamps=ts, entity=ent))
-                  for p, ts, ent in zip(raw.cal, raw.cal_ts, raw.entities, strict=True)]
-        scale = None
-        if self.calibration.per_channel:
-            # One threshold per channel: each channel's own calibration quantile at the
-            # rule's alpha scales it; the rule below then thresholds the largest ratio.
-            scale = channel_quantiles(np.concatenate(cal_ch), self._new_rule().alpha)
-            cal_ch = [c / scale for c in cal_ch]
-        self.postprocessor_ = Postprocessor(self.postprocess, scale)
-        cal_parts = [self.postprocessor_.reduce(c) for c in cal_ch]
-        if self.postprocess.baseline_window:
-            # The stand-in baseline where a series has too little history of its own.
-            self.postprocessor_.baseline = float(np.median(np.concatenate(cal_parts)))
-            cal_parts = [self.postprocessor_.relative(p) for p in cal_parts]
+        # Per-channel thresholds: each channel's own calibration quantile at the rule's alpha
+        # scales it; the rule below then thresholds the largest ratio.
+        self.postprocessor_ = Postprocessor(self.postprocess)
+        cal_parts = self.postprocessor_.fit(
+            [self.step_errors(self.scaler_.transform(p), timestamps=ts, entity=ent)
+             for p, ts, ent in zip(raw.cal, raw.cal_ts, raw.entities, strict=True)],
+            alpha=self._new_rule().alpha if self.calibration.per_channel else None)
         cal_scores = np.concatenate(cal_parts)
         self.rule_: ThresholdRule = self._new_rule().fit(cal_scores)
         self.threshold_ = float(self.rule_.threshold_)

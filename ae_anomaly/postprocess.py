@@ -127,6 +127,25 @@ class Postprocessor:
         """Later steps whose errors a step's smoothed value uses."""
         return 0 if self.cfg.smooth_mode == "trailing" else (self.cfg.smooth - 1) // 2
 
+    def fit(self, cal_errors: list[np.ndarray], alpha: float | None = None) -> list[np.ndarray]:
+        """Fit on calibration errors (one contiguous block per entity): the per-channel
+        scales when ``alpha`` is given (``calibration.per_channel``), and the trailing
+        baseline's stand-in (the median calibration score) when ``baseline_window`` is set.
+
+        Returns:
+            The calibration scores of each block, as :meth:`__call__` now gives them.
+        """
+        self.channel_scale, self.baseline = None, None
+        ch = [smooth_scores(e, self.cfg.smooth, self.cfg.smooth_mode) for e in cal_errors]
+        if alpha is not None:
+            self.channel_scale = channel_quantiles(np.concatenate(ch), alpha)
+            ch = [c / self.channel_scale for c in ch]
+        scores = [self.reduce(c) for c in ch]
+        if self.cfg.baseline_window:
+            self.baseline = float(np.median(np.concatenate(scores)))
+            scores = [self.relative(s) for s in scores]
+        return scores
+
     def channels(self, errors: np.ndarray) -> np.ndarray:
         """Smoothed (and, with per-channel thresholds, scaled) channel values (T, C)."""
         ch = smooth_scores(errors, self.cfg.smooth, self.cfg.smooth_mode)

@@ -468,21 +468,26 @@ def _ts_scores(name: str, seed: int, ent: EntityData, s: BenchSettings) -> CellS
     n_cal = int(round(len(fc) * cal_frac))  # the slice Detector.fit held out
 
     pp = s.cfg.postprocess
-    # Baselines get the same post-processing as the autoencoders (the trailing baseline is
-    # applied below, once its stand-in, the median calibration score, is known).
-    post = Postprocessor(pp.model_copy(update={"baseline_window": 0}))
+    # Baselines get the same post-processing as the autoencoders, fitted on their
+    # calibration errors as Detector.fit does (no per-channel thresholds).
+    post = Postprocessor(pp)
+
+    def errors(rows: pd.DataFrame) -> np.ndarray:  # a baseline's step errors
+        scaled = model.scaler_.transform(rows[feats].to_numpy(np.float64))
+        if pp.errors == "causal":
+            return model.causal_errors(scaled, pp.causal_tail)
+        return model.score_values(scaled)[1]
 
     def block(rows: pd.DataFrame) -> np.ndarray:
-        scaled = model.scaler_.transform(rows[feats].to_numpy(np.float64))
         if name in BASELINES:
-            errors = (model.causal_errors(scaled, pp.causal_tail) if pp.errors == "causal"
-                      else model.score_values(scaled)[1])
-            return post(errors)[0]
+            return post(errors(rows))[0]
         # what production writes (a conditional model needs the timestamps and the entity)
+        scaled = model.scaler_.transform(rows[feats].to_numpy(np.float64))
         ts = rows["timestamp"].to_numpy() if "timestamp" in rows.columns else None
         return model.score_values(scaled, timestamps=ts, entity=ent.name)[0]
 
-    cal = block(fc.iloc[len(fc) - n_cal:])
+    cal_rows = fc.iloc[len(fc) - n_cal:]
+    cal = post.fit([errors(cal_rows)])[0] if name in BASELINES else block(cal_rows)
     check = None
     min_len = getattr(getattr(model, "window", None), "length", 1)
     if n_check >= max(min_len, 1):
@@ -490,10 +495,6 @@ def _ts_scores(name: str, seed: int, ent: EntityData, s: BenchSettings) -> CellS
     t1 = time.perf_counter()
     test = block(ent.test)
     score_s = time.perf_counter() - t1
-    if name in BASELINES and pp.baseline_window:  # as Detector.fit and score_values do
-        relative = Postprocessor(pp, baseline=float(np.median(cal))).relative
-        cal, test = relative(cal), relative(test)
-        check = None if check is None else relative(check)
     extra: dict[str, Any] = {"n_fit": len(fc) - n_cal, "n_cal": n_cal, "n_check": n_check}
     hist = getattr(model, "history_", None)
     if hist is not None:

@@ -64,9 +64,8 @@ class StreamingScorer:
             self._ts = np.concatenate([self._ts, ts])
             self._x = np.concatenate([self._x, scaled])
         end = len(self._x) - self.after
-        # A block must hold at least one window.
-        if end <= self._pending or min(len(self._x), end + self.after) - max(
-                0, self._pending - self.before) < self.length:
+        block = len(self._x) - max(0, self._pending - self.before)
+        if end <= self._pending or block < self.length:  # a block holds at least one window
             return _empty(values.shape[1])
         return self._emit(end)
 

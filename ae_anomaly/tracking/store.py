@@ -121,8 +121,9 @@ class Tracker:
     def log_training(self, run_id: str, det: Detector) -> dict[str, Any]:
         """Log losses summary, calibration statistics and the score-distribution plot."""
         report = det.rule_.report()
-        if getattr(det, "channel_thresholds", None) and det.channel_thresholds():
-            report["channel_thresholds"] = det.channel_thresholds()
+        per_channel = getattr(det, "channel_thresholds", dict)()  # tabular models: none
+        if per_channel:
+            report["channel_thresholds"] = per_channel
         metrics = {"threshold": det.threshold_, "best_epoch": det.history_.best_epoch,
                    "train_seconds": det.history_.seconds, "n_train_windows": det.n_train_windows_}
         metrics.update({f"calibration.{k}": float(v) for k, v in report.items()
