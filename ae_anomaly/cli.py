@@ -58,11 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "period and write flagged events to the anomaly table. Then the same for "
                     "network flows: generated NetFlow records with port scans, DoS bursts, "
                     "exfiltration and new services, aggregated into per-host series "
-                    "(--flows-config). Safe to re-run: events are upserted, never duplicated.")
+                    "(--netflow-config). Safe to re-run: events are upserted, never duplicated.")
     _common(p)
-    p.add_argument("--flows-config", metavar="FILE", default="configs/flows_demo.yaml",
-                   help="network-flow part's config (default configs/flows_demo.yaml)")
-    p.add_argument("--no-flows", action="store_true", help="skip the network-flow part")
+    p.add_argument("--netflow-config", metavar="FILE", default="configs/netflow_demo.yaml",
+                   help="network-flow part's config (default configs/netflow_demo.yaml)")
+    p.add_argument("--no-netflow", action="store_true", help="skip the network-flow part")
 
     p = sub.add_parser(
         "train", help="train, calibrate, log and register a detector",
@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
             Then: python -m ae_anomaly.evaluation.report bench-results/smd.json
             (or make bench, which runs every benchmark and rewrites docs/benchmarks.md)"""))
     _common(p)
-    p.add_argument("--dataset", required=True, choices=["smd", "nab", "nsl-kdd", "flows"],
+    p.add_argument("--dataset", required=True, choices=["smd", "nab", "nsl-kdd", "netflow"],
                    help="benchmark format of --data-dir")
     p.add_argument("--data-dir", required=True, metavar="DIR",
                    help="the dataset folder, e.g. ../shared/data/smd")
@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="entities to run (SMD machines, NAB files, stems or categories); "
                         "default all found")
     p.add_argument("--dataset-config", metavar="FILE",
-                   help="flow dataset YAML for --dataset flows (nsl-kdd defaults to "
+                   help="flow dataset YAML for --dataset netflow (nsl-kdd defaults to "
                         "configs/datasets/nsl_kdd.yaml)")
     p.add_argument("--models", default="conv_ae,pca,iforest,random", metavar="M1,M2,...",
                    help="models to compare (default conv_ae,pca,iforest,random)")
@@ -323,8 +323,8 @@ def _print_demo_summary(out: dict[str, Any]) -> None:
             print(f"  {r.entity:<10} {r.start_ts:%Y-%m-%d %H:%M} -> {r.end_ts:%H:%M}  "
                   f"severity {r.severity:6.1f}  driven by {chans}")
     print(f"\nInjected anomalies (ground truth): {out['data'].anomalies}")
-    if "flows" in out:
-        fl = out["flows"]
+    if "netflow" in out:
+        fl = out["netflow"]
         fcfg = load_config(fl["config"], fl["overrides"])
         fev = read_events(fcfg)
         fev = fev[(fev.model_name == fl["score"]["model_name"])
@@ -445,8 +445,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from flows.demo import demo_flow
 
-        flows_config = None if args.no_flows else args.flows_config
-        _print_demo_summary(demo_flow(args.config, overrides, flows_config))
+        netflow_config = None if args.no_netflow else args.netflow_config
+        _print_demo_summary(demo_flow(args.config, overrides, netflow_config))
         return 0
     if args.command == "train":
         from flows.train import train_flow

@@ -65,9 +65,10 @@ class DataConfig(_Strict):
 
     ``train`` and ``score`` are a file (CSV or Parquet) or a folder of such files.
 
-    Network flows: ``flows`` names a flow data set description (``configs/datasets/*.yaml``)
+    Network flows: ``netflow`` names a network-flow data set description
+    (``configs/datasets/*.yaml``)
     and then ``train`` / ``score`` hold flow records (a file, folder or glob). With
-    ``flow_mode: aggregate`` the flows become per-entity series (the description's
+    ``netflow_mode: aggregate`` the flows become per-entity series (the description's
     ``aggregate`` section) scored by the time-series detector; with ``rows`` every flow is
     scored by a row detector (``dense_ae``, ``vae``, ``rae``, ... with ``arch: dense``).
 
@@ -86,9 +87,9 @@ class DataConfig(_Strict):
         max_nan_fill: ``ffill``: the longest gap (in steps) filled.
         read_chunk_rows: rows read per chunk (bounds memory when scoring large files).
         synthetic: the demo's data generator.
-        flows: flow data set description (YAML); when set, train/score hold flow records.
-        flow_mode: flows: per-entity series (``aggregate``) or one score per flow (``rows``).
-        flow_max_categories: rows mode: most frequent training categories kept per column.
+        netflow: network-flow data set description (YAML); when set, train/score hold flow records.
+        netflow_mode: per-entity series (``aggregate``) or one score per flow (``rows``).
+        netflow_max_categories: rows mode: most frequent training categories kept per column.
     """
 
     train: str | None = None
@@ -103,11 +104,12 @@ class DataConfig(_Strict):
     max_nan_fill: int = Field(5, ge=0)
     read_chunk_rows: int = Field(200_000, ge=1000)
     synthetic: SyntheticConfig = SyntheticConfig()
-    flows: str | None = Field(
-        None, description="flow data set description (YAML); set: train/score hold flows")
-    flow_mode: Literal["rows", "aggregate"] = Field(
-        "aggregate", description="flows: per-entity series (aggregate) or one score per flow")
-    flow_max_categories: int = Field(
+    netflow: str | None = Field(
+        None,
+        description="network-flow data set description (YAML); set: train/score hold flows")
+    netflow_mode: Literal["rows", "aggregate"] = Field(
+        "aggregate", description="netflow: per-entity series (aggregate) or one score per flow")
+    netflow_max_categories: int = Field(
         50, ge=1, description="rows mode: most frequent training categories kept per column")
 
 

@@ -22,8 +22,9 @@ from ae_anomaly.data.synthetic import generate_server_metrics
 from ae_anomaly.data.timeseries import list_data_files, read_smd, read_timeseries, smd_machines
 from ae_anomaly.detector import Detector
 from ae_anomaly.errors import ConfigError, ModelNotFoundError
+from ae_anomaly.records import ModelRef
 from ae_anomaly.scoring.incremental import IncrementalScorer, IncrementResult
-from ae_anomaly.scoring.job import ModelRef, score_files, to_records
+from ae_anomaly.scoring.job import score_files, to_records
 from ae_anomaly.sinks import SqlSink
 from ae_anomaly.sources import (
     FileNotReady,
@@ -85,10 +86,10 @@ def load_training_frame(cfg: AppConfig) -> pd.DataFrame:
     if not cfg.data.train:
         raise ConfigError("data.train is not set: give a file or folder (--set data.train=PATH)")
     path = expand_path(cfg.data.train)
-    if cfg.data.flows:  # network flows: per-entity series (aggregate) or flow rows
-        from ae_anomaly.scoring.flows import load_flow_training_frame
+    if cfg.data.netflow:  # network flows: per-entity series (aggregate) or flow rows
+        from ae_anomaly.scoring.netflow import load_netflow_training_frame
 
-        return load_flow_training_frame(cfg)
+        return load_netflow_training_frame(cfg)
     if cfg.data.format == "smd":
         frames = [read_smd(path, m, "train")[0] for m in smd_machines(path)]
         return pd.concat(frames, ignore_index=True)
@@ -106,10 +107,10 @@ def fit_detector(cfg: AppConfig, frame: pd.DataFrame, tracker: Tracker | None = 
                  run_id: str | None = None) -> Detector:
     """Fit a detector; per-epoch losses go to the MLflow run when one is given."""
     on_epoch = tracker.epoch_logger(run_id) if tracker and run_id else None
-    if cfg.data.flows:
-        from ae_anomaly.scoring.flows import fit_flow_detector
+    if cfg.data.netflow:
+        from ae_anomaly.scoring.netflow import fit_netflow_detector
 
-        return fit_flow_detector(cfg, frame, on_epoch=on_epoch)
+        return fit_netflow_detector(cfg, frame, on_epoch=on_epoch)
     return Detector.from_config(cfg).fit(frame, on_epoch=on_epoch)
 
 
@@ -139,16 +140,16 @@ def score_inputs(cfg: AppConfig, det: Detector, paths: list[str] | None = None,
                  model: ModelRef | None = None) -> Any:
     """Score the configured (or given) files and folders with a detector.
 
-    Returns a :class:`ScoreResult`, or for network flows (``data.flows``) a
-    ``FlowScoreResult`` whose records already name ``model``.
+    Returns a :class:`ScoreResult`, or for network flows (``data.netflow``) a
+    ``NetflowScoreResult`` whose records already name ``model``.
     """
     targets = paths or ([cfg.data.score] if cfg.data.score else [])
     if not targets:
         raise ConfigError("data.score is not set: give a file or folder (--set data.score=PATH)")
-    if cfg.data.flows:
-        from ae_anomaly.scoring.flows import score_flow_inputs
+    if cfg.data.netflow:
+        from ae_anomaly.scoring.netflow import score_netflow_inputs
 
-        return score_flow_inputs(cfg, det, model or ModelRef("unregistered", "0", ""), targets)
+        return score_netflow_inputs(cfg, det, model or ModelRef("unregistered", "0", ""), targets)
     return score_files(det, [expand_path(p) for p in targets], cfg.data, cfg.events,
                        cfg.scoring, progress=cfg.training.progress)
 
@@ -156,7 +157,7 @@ def score_inputs(cfg: AppConfig, det: Detector, paths: list[str] | None = None,
 def write_events(cfg: AppConfig, det: Detector, model: ModelRef, result: Any) -> int:
     """Write a scoring pass's events to the configured sink; returns rows inserted/changed."""
     sink = SqlSink(cfg.sink.url, cfg.sink.table)
-    if cfg.data.flows:
+    if cfg.data.netflow:
         return sink.write(result.records)
     return sink.write(to_records(result.events, det, model))
 

@@ -1,12 +1,12 @@
 """TabularDetector = flow feature pipeline + row autoencoder + calibrated threshold.
 
 The row-level counterpart of :class:`~ae_anomaly.detector.Detector`: one sample is one flow
-record (a row of :func:`~ae_anomaly.data.flows.read_flows`), not a window of a series.
+record (a row of :func:`~ae_anomaly.data.netflow.read_netflow`), not a window of a series.
 
 Fitting uses only the normal rows (``is_anomaly`` False, when the column exists). They are
 shuffled (seeded) and split: a random ``calibration.calibration_fraction`` is held out and
 never trained on (the threshold is fitted there); of the rest, ``training.val_fraction``
-drives early stopping and the remainder fits the :class:`FlowFeaturePipeline` and the
+drives early stopping and the remainder fits the :class:`NetflowFeaturePipeline` and the
 network. Transformed features are clipped to ``[-clip, clip]`` before the network: robust
 scaling of a rare 0/1 column (IQR 0, tiny standard deviation) can otherwise give values in
 the hundreds that dominate the loss.
@@ -31,8 +31,8 @@ from pydantic import TypeAdapter
 
 from ae_anomaly.calibration import ThresholdRule, rule_from_config
 from ae_anomaly.config import CalibrationConfig, ModelConfig, TrainingConfig
-from ae_anomaly.data.flow_features import FlowFeaturePipeline
-from ae_anomaly.data.flows import IS_ANOMALY, FlowDatasetConfig
+from ae_anomaly.data.netflow import IS_ANOMALY, NetflowDatasetConfig
+from ae_anomaly.data.netflow_features import NetflowFeaturePipeline
 from ae_anomaly.errors import AeAnomalyError, ConfigError, DataError
 from ae_anomaly.models import AutoEncoder, build_model
 from ae_anomaly.persistence import (
@@ -72,7 +72,7 @@ class TabularDetector:
         clip: transformed features are clipped to ``[-clip, clip]``; None for no clipping.
 
     Attributes (after :meth:`fit`):
-        pipeline_: the fitted :class:`FlowFeaturePipeline`.
+        pipeline_: the fitted :class:`NetflowFeaturePipeline`.
         feature_names_: names of the network's input features.
         network_: the trained network.
         rule_: the fitted threshold rule; ``threshold_`` its threshold.
@@ -84,7 +84,7 @@ class TabularDetector:
         model_cfg: Any,
         training_cfg: TrainingConfig | None = None,
         calibration_cfg: CalibrationConfig | None = None,
-        dataset: FlowDatasetConfig | None = None,
+        dataset: NetflowDatasetConfig | None = None,
         max_categories: int = 50,
         clip: float | None = DEFAULT_CLIP,
     ) -> None:
@@ -125,7 +125,7 @@ class TabularDetector:
         """Fit the feature pipeline, the network and the threshold on flow rows.
 
         Args:
-            frame: flow rows as :func:`~ae_anomaly.data.flows.read_flows` returns them; only
+            frame: flow rows as :func:`~ae_anomaly.data.netflow.read_netflow` returns them; only
                 rows with ``is_anomaly`` False are used when that column exists.
 
         Returns:
@@ -142,7 +142,7 @@ class TabularDetector:
         if len(rows) == 0:
             raise DataError("no normal rows to train on (every row is labelled anomalous)")
         fit_idx, val_idx, cal_idx = self._split(len(rows))
-        self.pipeline_ = FlowFeaturePipeline.from_dataset(self.dataset, self.max_categories)
+        self.pipeline_ = NetflowFeaturePipeline.from_dataset(self.dataset, self.max_categories)
         self.pipeline_.fit(rows.iloc[fit_idx])
         if self.pipeline_.n_features == 0:
             raise DataError("every feature column is constant in the training rows")
@@ -306,11 +306,11 @@ class TabularDetector:
             _MODEL_ADAPTER.validate_python(d["model"]),
             TrainingConfig(**d["training"]),
             CalibrationConfig(**d["calibration"]),
-            FlowDatasetConfig.model_validate(d["dataset"]),
+            NetflowDatasetConfig.model_validate(d["dataset"]),
             d["max_categories"],
             d["clip"],
         )
-        det.pipeline_ = FlowFeaturePipeline.from_dict(d["pipeline"])
+        det.pipeline_ = NetflowFeaturePipeline.from_dict(d["pipeline"])
         det.feature_names_ = list(d["feature_names"])
         det.threshold_ = float(d["threshold"])
         det.rule_ = ThresholdRule.from_dict(d["rule"])

@@ -1,7 +1,7 @@
 """Demo flow: server metrics, then network flows, each through the train and score flows.
 
 1. generated server metrics -> ``ae-anomaly-train`` -> ``ae-anomaly-score`` (the main demo);
-2. generated NetFlow records with injected attacks (``configs/flows_demo.yaml``) -> per-host
+2. generated NetFlow records with injected attacks (``configs/netflow_demo.yaml``) -> per-host
    one-minute series -> the same two flows, registered as their own model; their events go
    to the same anomaly table.
 """
@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ae_anomaly import pipeline
 from ae_anomaly.config import load_config
-from ae_anomaly.flow_demo import FlowDemoData, write_flow_demo_data
+from ae_anomaly.netflow_demo import NetflowDemoData, write_netflow_demo_data
 from flows.score import score_flow
 from flows.train import train_flow
 
@@ -27,28 +27,28 @@ def generate_demo_data(config: str | None, overrides: list[str] | None) -> pipel
 
 
 @task(name="generate-flow-demo-data", cache_policy=NO_CACHE)
-def generate_flow_demo_data(config: str) -> FlowDemoData:
-    return write_flow_demo_data(load_config(config))
+def generate_netflow_demo_data(config: str) -> NetflowDemoData:
+    return write_netflow_demo_data(load_config(config))
 
 
 @flow(name="ae-anomaly-demo")
 def demo_flow(config: str | None = None, overrides: list[str] | None = None,
-              flows_config: str | None = None) -> dict[str, Any]:
+              netflow_config: str | None = None) -> dict[str, Any]:
     """Run the whole pipeline on generated data; returns the train and score summaries.
 
     Args:
         config: the server-metrics config (``configs/demo.yaml``).
         overrides: ``key=value`` overrides of the server-metrics config.
-        flows_config: the network-flow config (``configs/flows_demo.yaml``); None skips it.
+        netflow_config: the network-flow config (``configs/netflow_demo.yaml``); None skips it.
     """
     data = generate_demo_data(config, overrides)
     ov = list(overrides or []) + pipeline.demo_overrides(data)
     out: dict[str, Any] = {"data": data, "overrides": ov, "train": train_flow(config, ov),
                            "score": score_flow(config, ov)}
-    if flows_config and Path(flows_config).is_file():
-        fdata = generate_flow_demo_data(flows_config)
+    if netflow_config and Path(netflow_config).is_file():
+        fdata = generate_netflow_demo_data(netflow_config)
         fov = [f"data.train={fdata.train}", f"data.score={fdata.score}"]
-        out["flows"] = {"data": fdata, "config": flows_config, "overrides": fov,
-                        "train": train_flow(flows_config, fov),
-                        "score": score_flow(flows_config, fov)}
+        out["netflow"] = {"data": fdata, "config": netflow_config, "overrides": fov,
+                        "train": train_flow(netflow_config, fov),
+                        "score": score_flow(netflow_config, fov)}
     return out

@@ -24,8 +24,9 @@ from prefect.runtime import flow_run
 from ae_anomaly import pipeline
 from ae_anomaly.config import AppConfig, load_config
 from ae_anomaly.detector import Detector
+from ae_anomaly.records import ModelRef
 from ae_anomaly.scoring.incremental import IncrementResult
-from ae_anomaly.scoring.job import ModelRef, ScoreResult
+from ae_anomaly.scoring.job import ScoreResult
 from ae_anomaly.sources import FileNotReady, IngestReport, is_transient
 from ae_anomaly.tracking import Tracker
 

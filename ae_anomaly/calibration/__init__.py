@@ -1,7 +1,6 @@
-"""Calibration: threshold rules fitted on normal scores, and the rules that turn flagged
-points into events."""
+"""Calibration: threshold rules fitted on normal scores (alarm -> event rules live in
+:mod:`ae_anomaly.events`)."""
 
-from ae_anomaly.calibration.events import Event, EventBuilder, event_mask, find_events
 from ae_anomaly.calibration.thresholds import (
     RULE_NAMES,
     BestF1Threshold,
@@ -22,16 +21,12 @@ __all__ = [
     "RULE_NAMES",
     "BestF1Threshold",
     "ConformalThreshold",
-    "Event",
-    "EventBuilder",
     "KSigmaThreshold",
     "POTThreshold",
     "QuantileThreshold",
     "ThresholdRule",
     "alpha_from_alert_budget",
     "conformal_rank",
-    "event_mask",
-    "find_events",
     "format_report",
     "get_rule_class",
     "min_calibration_size",

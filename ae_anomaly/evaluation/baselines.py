@@ -336,7 +336,7 @@ class TabularBaseline:
 
     Fits on the normal rows (``is_anomaly`` False) of a flow frame, split as the tabular
     detector splits them (seeded shuffle; a random ``calibration_fraction`` is held out for
-    the threshold); the :class:`~ae_anomaly.data.flow_features.FlowFeaturePipeline`
+    the threshold); the :class:`~ae_anomaly.data.netflow_features.NetflowFeaturePipeline`
     (log1p, robust scaling, one-hot categories) is fitted on the fit rows, features are
     clipped to ``[-clip, clip]``, and the baseline (its scaler unused) works on them; the
     ``iforest`` window is forced to one row.
@@ -370,8 +370,8 @@ class TabularBaseline:
 
     def fit(self, frame: pd.DataFrame) -> TabularBaseline:
         """Fit features, baseline and threshold on the normal rows of ``frame``."""
-        from ae_anomaly.data.flow_features import FlowFeaturePipeline
-        from ae_anomaly.data.flows import IS_ANOMALY
+        from ae_anomaly.data.netflow import IS_ANOMALY
+        from ae_anomaly.data.netflow_features import NetflowFeaturePipeline
 
         rows = frame
         if IS_ANOMALY in frame.columns:
@@ -382,7 +382,7 @@ class TabularBaseline:
         if n_cal < 1 or len(rows) - n_cal < 2:
             raise DataError(f"{len(rows)} normal training rows are too few to split")
         fit_idx, cal_idx = np.sort(perm[n_cal:]), np.sort(perm[:n_cal])
-        self.pipeline_ = FlowFeaturePipeline.from_dataset(self.dataset, self.max_categories)
+        self.pipeline_ = NetflowFeaturePipeline.from_dataset(self.dataset, self.max_categories)
         self.pipeline_.fit(rows.iloc[fit_idx])
         self.feature_names_ = list(self.pipeline_.feature_names_)
         x = self.transform(rows)

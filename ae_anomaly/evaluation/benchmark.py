@@ -73,7 +73,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from ae_anomaly.calibration import event_mask, find_events, rule_from_config
+from ae_anomaly.calibration import rule_from_config
 from ae_anomaly.config import (
     AppConfig,
     CalibrationConfig,
@@ -86,12 +86,13 @@ from ae_anomaly.evaluation.baselines import BASELINES, build_baseline
 from ae_anomaly.evaluation.metrics import evaluate
 from ae_anomaly.evaluation.nab import _window_indices, load_nab_windows, nab_scores
 from ae_anomaly.evaluation.nab import probationary_length as nab_probationary_length
+from ae_anomaly.events import event_mask, find_events
 from ae_anomaly.postprocess import Postprocessor
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("smd", "nab", "nsl-kdd", "flows")
-TABULAR = ("nsl-kdd", "flows")
+DATASETS = ("smd", "nab", "nsl-kdd", "netflow")
+TABULAR = ("nsl-kdd", "netflow")
 FORMAT = "ae_anomaly.benchmark"
 FORMAT_VERSION = 1
 # Calibration methods whose threshold does not depend on alpha (reported once).
@@ -139,7 +140,7 @@ DATASET_DEFAULTS: dict[str, list[str]] = {
             "calibration.alpha=0.01", "models.iforest.window=16", "models.pca.window=16"],
     "nsl-kdd": ["model.name=dense_ae", "bench.check_fraction=0",
                 "bench.calibration_fraction=0.2", "models.iforest.window=1"],
-    "flows": ["model.name=dense_ae", "bench.check_fraction=0",
+    "netflow": ["model.name=dense_ae", "bench.check_fraction=0",
               "bench.calibration_fraction=0.2", "models.iforest.window=1"],
 }
 # One thread: on a shared 2-core machine two torch / BLAS threads contend with every other
@@ -308,7 +309,7 @@ def resolve_settings(
         if ds_cfg is None and dataset == "nsl-kdd":
             ds_cfg = Path(__file__).resolve().parents[2] / "configs" / "datasets" / "nsl_kdd.yaml"
         if ds_cfg is None:
-            raise ConfigError("--dataset flows needs --dataset-config FILE (a flow dataset YAML)")
+            raise ConfigError("--dataset netflow needs --dataset-config FILE (a flow dataset YAML)")
         ds_cfg = ds_cfg.resolve()
     return BenchSettings(dataset, Path(data_dir).resolve(), cfg, bench, calibrations,
                          model_params, ds_cfg, config_path, list(overrides))
@@ -355,10 +356,10 @@ class Dataset:
             self._windows = load_nab_windows(wpath)
             self.nab_cache: dict[str, tuple[np.ndarray, list[Any]]] = {}
         if self.kind in TABULAR:
-            from ae_anomaly.data.flows import load_flow_dataset_config
+            from ae_anomaly.data.netflow import load_netflow_dataset_config
 
             assert settings.dataset_config is not None
-            self.flow_ds = load_flow_dataset_config(settings.dataset_config)
+            self.flow_ds = load_netflow_dataset_config(settings.dataset_config)
 
     def entities(self) -> list[str]:
         """All entities found in the data folder."""
@@ -415,10 +416,10 @@ class Dataset:
                           labels[n_prob:], eval_from=n_prob, nab_windows=windows)
 
     def _load_tabular(self, name: str) -> EntityData:
-        from ae_anomaly.data.flows import IS_ANOMALY, read_flow_split
+        from ae_anomaly.data.netflow import IS_ANOMALY, read_netflow_split
 
-        train = read_flow_split(self.flow_ds, "train", self.data_dir)
-        test = read_flow_split(self.flow_ds, "test", self.data_dir)
+        train = read_netflow_split(self.flow_ds, "train", self.data_dir)
+        test = read_netflow_split(self.flow_ds, "test", self.data_dir)
         if IS_ANOMALY not in test.columns:
             raise DataError(f"the test split of '{name}' has no label column "
                             f"'{self.flow_ds.label}'", path=str(self.data_dir))

@@ -70,7 +70,7 @@ def summary_table(data: dict[str, Any]) -> str:
     """The per-model table of one results file (Markdown), with ratios to ``pca``."""
     summ = data["summary"]
     pca = summ.get("pca", {})
-    tabular = data["meta"]["settings"]["dataset"] in ("nsl-kdd", "flows")
+    tabular = data["meta"]["settings"]["dataset"] in ("nsl-kdd", "netflow")
     header = ["model", "cells", "AUC-PR", "x pca", "AUC-ROC", "F1", "x pca", "precision",
               "recall", "F1-PA (adjusted)", "best F1 (oracle)",
               "event recall" if not tabular else "alarms", "far_normal", "far_check",

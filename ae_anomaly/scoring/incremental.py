@@ -31,13 +31,14 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from ae_anomaly.calibration import Event, EventBuilder
 from ae_anomaly.config import EventsConfig, ScoringConfig
 from ae_anomaly.data.timeseries import TS
 from ae_anomaly.detector import Detector
-from ae_anomaly.scoring.job import ModelRef, to_records
+from ae_anomaly.events import Event, EventBuilder
+from ae_anomaly.records import EventRecord, IncrementWrite, ModelRef, Watermark
+from ae_anomaly.scoring.job import to_records
 from ae_anomaly.scoring.stream import StreamingScorer
-from ae_anomaly.sinks.base import EventRecord, IncrementalSink, IncrementWrite, Watermark
+from ae_anomaly.sinks.base import IncrementalSink
 from ae_anomaly.sources import SqlMetricsSource, check_feature_schema
 
 log = logging.getLogger(__name__)

@@ -14,24 +14,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from ae_anomaly.calibration import Event, EventBuilder
 from ae_anomaly.config import DataConfig, EventsConfig, ScoringConfig
 from ae_anomaly.data.timeseries import ENTITY, TS, TimeSeriesReader, list_data_files
 from ae_anomaly.detector import Detector
+from ae_anomaly.events import Event, EventBuilder
+from ae_anomaly.records import EventRecord, ModelRef
 from ae_anomaly.scoring.stream import StreamingScorer
-from ae_anomaly.sinks.base import EventRecord
 from ae_anomaly.sources import check_feature_schema
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ModelRef:
-    """Which model produced an event."""
-
-    name: str
-    version: str
-    run_id: str
 
 
 @dataclass

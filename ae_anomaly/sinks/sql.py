@@ -53,7 +53,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ae_anomaly.config import expand_path
-from ae_anomaly.sinks.base import EventRecord, IncrementWrite, Watermark
+from ae_anomaly.records import EventRecord, IncrementWrite, Watermark
 
 log = logging.getLogger(__name__)
 

@@ -32,13 +32,13 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from ae_anomaly.calibration import find_events
 from ae_anomaly.config import AppConfig, EventsConfig, PromotionConfig
 from ae_anomaly.data.timeseries import ENTITY, TS
 from ae_anomaly.detector import Detector
 from ae_anomaly.errors import AeAnomalyError, ModelNotFoundError
 from ae_anomaly.evaluation.metrics import auc_pr, auc_roc, precision_recall_f1
-from ae_anomaly.scoring.job import ModelRef
+from ae_anomaly.events import find_events
+from ae_anomaly.records import ModelRef
 from ae_anomaly.tracking.store import Tracker
 
 log = logging.getLogger(__name__)

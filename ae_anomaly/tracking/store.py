@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from ae_anomaly.config import AppConfig, TrackingConfig, expand_path  # noqa: E402
 from ae_anomaly.detector import Detector  # noqa: E402
 from ae_anomaly.errors import ModelNotFoundError  # noqa: E402
-from ae_anomaly.scoring.job import ModelRef  # noqa: E402
+from ae_anomaly.records import ModelRef  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from sklearn.metrics import roc_auc_score
 
 from ae_anomaly import tabular
 from ae_anomaly.config import CalibrationConfig, DenseAEConfig, ModelConfig, TrainingConfig
-from ae_anomaly.data.flow_features import UNSEEN
-from ae_anomaly.data.flows import IS_ANOMALY, load_flow_dataset_config, read_flow_split
-from ae_anomaly.data.synthetic_flows import generate_flows
+from ae_anomaly.data.netflow import IS_ANOMALY, load_netflow_dataset_config, read_netflow_split
+from ae_anomaly.data.netflow_features import UNSEEN
+from ae_anomaly.data.synthetic_netflow import generate_netflow
 from ae_anomaly.errors import AeAnomalyError, DataError
 from ae_anomaly.models.dense_ae import DenseAE
 from ae_anomaly.tabular import TabularDetector
@@ -33,14 +33,14 @@ CAL = CalibrationConfig(alpha=0.01, calibration_fraction=0.2)
 
 @pytest.fixture(scope="module")
 def flows() -> pd.DataFrame:
-    frame, _ = generate_flows(n_hosts=3, days=0.5, seed=4, attack_count=1)
+    frame, _ = generate_netflow(n_hosts=3, days=0.5, seed=4, attack_count=1)
     frame[IS_ANOMALY] = frame["label"] != "normal"
     return frame
 
 
 @pytest.fixture(scope="module")
 def fitted(flows: pd.DataFrame) -> TabularDetector:
-    return TabularDetector(TINY, FAST, CAL, load_flow_dataset_config(NETFLOW)).fit(flows)
+    return TabularDetector(TINY, FAST, CAL, load_netflow_dataset_config(NETFLOW)).fit(flows)
 
 
 def test_fit_uses_only_normal_rows_and_holds_out_calibration(
@@ -115,7 +115,7 @@ def test_bad_scoring_input_is_a_data_error(flows: pd.DataFrame, fitted: TabularD
 
 def test_no_normal_rows_is_a_data_error(flows: pd.DataFrame) -> None:
     only_attacks = flows[flows[IS_ANOMALY]]
-    det = TabularDetector(TINY, FAST, CAL, load_flow_dataset_config(NETFLOW))
+    det = TabularDetector(TINY, FAST, CAL, load_netflow_dataset_config(NETFLOW))
     with pytest.raises(DataError, match="no normal rows"):
         det.fit(only_attacks)
 
@@ -142,7 +142,7 @@ def test_post_fit_hook_sees_the_training_rows(
     monkeypatch.setattr(
         tabular, "build_model", lambda cfg, n_channels, window: Hooked(cfg, n_channels, window)
     )
-    det = TabularDetector(TINY, FAST, CAL, load_flow_dataset_config(NETFLOW)).fit(flows)
+    det = TabularDetector(TINY, FAST, CAL, load_netflow_dataset_config(NETFLOW)).fit(flows)
     assert len(seen) == 1
     assert seen[0].shape == (det.n_train_rows_, len(det.feature_names_))
 
@@ -159,7 +159,7 @@ def test_other_row_models_fit_and_round_trip(
 ) -> None:
     cfg = TypeAdapter(ModelConfig).validate_python(model)
     one_epoch = FAST.model_copy(update={"epochs": 1})
-    det = TabularDetector(cfg, one_epoch, CAL, load_flow_dataset_config(NETFLOW)).fit(flows)
+    det = TabularDetector(cfg, one_epoch, CAL, load_netflow_dataset_config(NETFLOW)).fit(flows)
     rows = flows.head(50)
     loaded = TabularDetector.load(det.save(tmp_path / model["name"]))
     np.testing.assert_allclose(loaded.score(rows), det.score(rows), rtol=1e-6)
@@ -178,9 +178,9 @@ NSL_KDD_TRAINING = TrainingConfig(
     not (NSL_KDD_DIR / "KDDTest+.txt").is_file(), reason=f"NSL-KDD is not at {NSL_KDD_DIR}"
 )
 def test_nsl_kdd_dense_ae_reaches_auroc_095() -> None:
-    ds = load_flow_dataset_config(NSL_KDD)
-    train = read_flow_split(ds, "train", NSL_KDD_DIR)
-    test = read_flow_split(ds, "test", NSL_KDD_DIR)
+    ds = load_netflow_dataset_config(NSL_KDD)
+    train = read_netflow_split(ds, "train", NSL_KDD_DIR)
+    test = read_netflow_split(ds, "test", NSL_KDD_DIR)
     det = TabularDetector(NSL_KDD_MODEL, NSL_KDD_TRAINING, CalibrationConfig(alpha=0.01), ds)
     det.fit(train)
     auroc = roc_auc_score(test[IS_ANOMALY].to_numpy(), det.score(test))

@@ -240,17 +240,17 @@ def test_a_rule_that_cannot_be_fitted_raises_no_alarm_and_says_why(nab_dir: Path
 
 
 def test_flows_tabular_benchmark(tmp_path: Path) -> None:
-    from ae_anomaly.data.synthetic_flows import generate_flows
+    from ae_anomaly.data.synthetic_netflow import generate_netflow
 
     repo = Path(__file__).resolve().parents[3]
     data = tmp_path / "flows"
     for split, seed in (("train", 1), ("test", 2)):
         (data / split).mkdir(parents=True)
-        frame, _ = generate_flows(n_hosts=2, days=0.25, seed=seed, attack_count=1)
+        frame, _ = generate_netflow(n_hosts=2, days=0.25, seed=seed, attack_count=1)
         frame.to_csv(data / split / "flows.csv", index=False)
     models = ["dense_ae", "pca", "iforest", "random"]
     settings = resolve_settings(
-        "flows", data, models, dataset_config=repo / "configs" / "datasets" / "netflow.yaml",
+        "netflow", data, models, dataset_config=repo / "configs" / "datasets" / "netflow.yaml",
         overrides=["training.epochs=2", "model.hidden=[16]", "model.latent_dim=4"])
     assert settings.cfg.postprocess.smooth == 1 and settings.bench.check_fraction == 0
     res = run_benchmark(settings, tmp_path / "flows.json", models, [0], progress=False)
@@ -263,7 +263,7 @@ def test_flows_tabular_benchmark(tmp_path: Path) -> None:
     assert summ["pca"]["auc_roc"] > 0.8 and summ["dense_ae"]["auc_roc"] > 0.5  # 2 epochs
     assert summ["random"]["f1"] < summ["pca"]["f1"]
     with pytest.raises(ConfigError, match="dataset-config"):
-        resolve_settings("flows", data, ["pca"])
+        resolve_settings("netflow", data, ["pca"])
 
 
 @pytest.mark.parametrize("post", [

@@ -6,14 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ae_anomaly.calibration import (
-    ConformalThreshold,
-    Event,
-    EventBuilder,
-    event_mask,
-    find_events,
-)
+from ae_anomaly.calibration import ConformalThreshold
 from ae_anomaly.config import EventsConfig
+from ae_anomaly.events import Event, EventBuilder, event_mask, find_events
 
 THR = 1.0
 

@@ -8,15 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ae_anomaly.data.flows import aggregate_flows, load_flow_dataset_config, read_flows
-from ae_anomaly.data.synthetic_flows import ATTACK_KINDS, COLUMNS, generate_flows
+from ae_anomaly.data.netflow import aggregate_netflow, load_netflow_dataset_config, read_netflow
+from ae_anomaly.data.synthetic_netflow import ATTACK_KINDS, COLUMNS, generate_netflow
 
 NETFLOW_YAML = Path(__file__).resolve().parents[3] / "configs" / "datasets" / "netflow.yaml"
 
 
 @pytest.fixture(scope="module")
 def generated() -> tuple[pd.DataFrame, pd.DataFrame]:
-    return generate_flows(seed=0)
+    return generate_netflow(seed=0)
 
 
 def test_shape_columns_and_determinism(generated: tuple[pd.DataFrame, pd.DataFrame]) -> None:
@@ -28,10 +28,10 @@ def test_shape_columns_and_determinism(generated: tuple[pd.DataFrame, pd.DataFra
     assert set(flows["proto"]) == {"tcp", "udp", "icmp"}
     assert (flows["bytes"] > 0).all() and (flows["packets"] >= 1).all()
     assert flows["bytes"].max() > 1000 * flows["bytes"].median()  # heavy tail
-    again, again_attacks = generate_flows(seed=0)
+    again, again_attacks = generate_netflow(seed=0)
     pd.testing.assert_frame_equal(flows, again)
     pd.testing.assert_frame_equal(attacks, again_attacks)
-    other, _ = generate_flows(seed=1)
+    other, _ = generate_netflow(seed=1)
     assert len(other) != len(flows) or not other["bytes"].equals(flows["bytes"])
 
 
@@ -77,22 +77,23 @@ def test_diurnal_rate(generated: tuple[pd.DataFrame, pd.DataFrame]) -> None:
 
 
 def test_options_and_errors() -> None:
-    flows, attacks = generate_flows(n_hosts=2, days=0.25, seed=4, attacks=("dos",), attack_count=3)
+    flows, attacks = generate_netflow(n_hosts=2, days=0.25, seed=4, attacks=("dos",),
+                                      attack_count=3)
     assert set(flows["label"]) == {"normal", "dos"} and len(attacks) == 3
-    clean, none = generate_flows(n_hosts=1, days=0.1, attacks=(), attack_count=2)
+    clean, none = generate_netflow(n_hosts=1, days=0.1, attacks=(), attack_count=2)
     assert none.empty and (clean["label"] == "normal").all()
     with pytest.raises(ValueError, match="unknown attack kind"):
-        generate_flows(attacks=("meteor",))
+        generate_netflow(attacks=("meteor",))
 
 
 def test_written_flows_read_back_with_netflow_yaml(tmp_path: Path) -> None:
-    flows, _ = generate_flows(n_hosts=3, days=0.5, seed=2, attack_count=1)
+    flows, _ = generate_netflow(n_hosts=3, days=0.5, seed=2, attack_count=1)
     path = tmp_path / "flows.csv"
     flows.to_csv(path, index=False)
-    ds = load_flow_dataset_config(NETFLOW_YAML)
-    frame = read_flows(path, ds)
+    ds = load_netflow_dataset_config(NETFLOW_YAML)
+    frame = read_netflow(path, ds)
     assert len(frame) == len(flows)
     assert frame["is_anomaly"].sum() == (flows["label"] != "normal").sum()
-    series = aggregate_flows(frame, ds)
+    series = aggregate_netflow(frame, ds)
     assert series["flows"].sum() == len(flows) and series["is_anomaly"].any()
     assert series.groupby("entity")["timestamp"].diff().dropna().eq(pd.Timedelta("1min")).all()

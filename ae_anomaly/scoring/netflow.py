@@ -1,14 +1,14 @@
 """Scoring network flows into the anomaly table, per entity series or per flow row.
 
-``data.flows`` names a flow data set description (``configs/datasets/*.yaml``) and
-``data.flow_mode`` picks how its records are detected:
+``data.netflow`` names a flow data set description (``configs/datasets/*.yaml``) and
+``data.netflow_mode`` picks how its records are detected:
 
 * ``aggregate`` (default): flows become per-entity series (the description's ``aggregate``
   section: flows, bytes, distinct destinations and ports, failed share... per host per
-  interval, :func:`~ae_anomaly.data.flows.aggregate_flows`), trained and scored by the
+  interval, :func:`~ae_anomaly.data.netflow.aggregate_netflow`), trained and scored by the
   time-series :class:`~ae_anomaly.detector.Detector` exactly like server metrics; an event
   names the host and its intervals, ``top_channels`` the aggregate features (as the
-  detector sees them: ``log1p_flows``, ``log1p_failed_flows``..., see :func:`flow_series`).
+  detector sees them: ``log1p_flows``, ``log1p_failed_flows``..., see :func:`netflow_series`).
 * ``rows``: every flow is scored by a :class:`~ae_anomaly.tabular.TabularDetector`; every
   flagged flow is one event whose entity is the description's entity key columns joined with
   ``|`` (the data set name when it has none), whose time is the flow's timestamp (the
@@ -31,27 +31,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ae_anomaly.calibration import Event, EventBuilder
 from ae_anomaly.config import AppConfig, DataConfig, EventsConfig, ScoringConfig, expand_path
-from ae_anomaly.data.flows import (
+from ae_anomaly.data.netflow import (
     ENTITY,
     IS_ANOMALY,
     TS,
-    FlowDatasetConfig,
-    aggregate_flows,
-    load_flow_dataset_config,
-    read_flows,
+    NetflowDatasetConfig,
+    aggregate_netflow,
+    load_netflow_dataset_config,
+    read_netflow,
 )
 from ae_anomaly.data.timeseries import list_data_files
 from ae_anomaly.detector import Detector
 from ae_anomaly.errors import ConfigError, DataError
-from ae_anomaly.scoring.job import ModelRef, ScoreResult, to_records
-from ae_anomaly.sinks import EventRecord, SqlSink
+from ae_anomaly.events import Event, EventBuilder
+from ae_anomaly.records import EventRecord, ModelRef
+from ae_anomaly.scoring.job import ScoreResult, to_records
+from ae_anomaly.sinks import SqlSink
 from ae_anomaly.tabular import TabularDetector
 
 log = logging.getLogger(__name__)
 
-FlowDetector = Detector | TabularDetector
+NetflowDetector = Detector | TabularDetector
 ENTITY_SEPARATOR = "|"
 _GLOB_CHARS = set("*?[")
 LOG_PREFIX = "log1p_"
@@ -59,21 +60,21 @@ FAILED_FLOWS = "failed_flows"
 
 
 # --------------------------------------------------------------------------- reading
-def load_flow_dataset(data_cfg: DataConfig) -> FlowDatasetConfig:
-    """The flow data set description that ``data.flows`` names.
+def load_netflow_dataset(data_cfg: DataConfig) -> NetflowDatasetConfig:
+    """The flow data set description that ``data.netflow`` names.
 
     Raises:
-        ConfigError: ``data.flows`` is not set, or the description is missing or invalid.
+        ConfigError: ``data.netflow`` is not set, or the description is missing or invalid.
     """
-    if not data_cfg.flows:
+    if not data_cfg.netflow:
         raise ConfigError(
-            "data.flows is not set: name a flow data set description "
-            "(e.g. --set data.flows=configs/datasets/netflow.yaml)"
+            "data.netflow is not set: name a flow data set description "
+            "(e.g. --set data.netflow=configs/datasets/netflow.yaml)"
         )
-    return load_flow_dataset_config(expand_path(data_cfg.flows))
+    return load_netflow_dataset_config(expand_path(data_cfg.netflow))
 
 
-def flow_paths(path: str | Path, ds: FlowDatasetConfig) -> list[Path]:
+def netflow_paths(path: str | Path, ds: NetflowDatasetConfig) -> list[Path]:
     """The flow files at ``path``: a file, a folder (its ``.csv`` / ``.parquet`` files) or a glob.
 
     Raises:
@@ -94,20 +95,20 @@ def flow_paths(path: str | Path, ds: FlowDatasetConfig) -> list[Path]:
     return files
 
 
-def read_flow_paths(paths: Iterable[str | Path], ds: FlowDatasetConfig) -> pd.DataFrame:
+def read_netflow_paths(paths: Iterable[str | Path], ds: NetflowDatasetConfig) -> pd.DataFrame:
     """Read and validate every flow file of ``paths`` (files, folders or globs) into one frame.
 
     Raises:
-        DataError: see :func:`~ae_anomaly.data.flows.read_flows`; no path given.
+        DataError: see :func:`~ae_anomaly.data.netflow.read_netflow`; no path given.
     """
-    files = [f for p in paths for f in flow_paths(p, ds)]
+    files = [f for p in paths for f in netflow_paths(p, ds)]
     if not files:
         raise DataError("no flow file to read")
-    frames = [read_flows(f, ds) for f in files]
+    frames = [read_netflow(f, ds) for f in files]
     return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
-def flow_series(frame: pd.DataFrame, ds: FlowDatasetConfig) -> pd.DataFrame:
+def netflow_series(frame: pd.DataFrame, ds: NetflowDatasetConfig) -> pd.DataFrame:
     """Per-entity series of flows for the time-series detector (``timestamp, entity, ...``).
 
     The aggregate features are counts and volumes with heavy tails (a DoS minute has
@@ -117,7 +118,7 @@ def flow_series(frame: pd.DataFrame, ds: FlowDatasetConfig) -> pd.DataFrame:
     (``log1p_failed_flows``): a share is noise in a quiet interval (one reset flow out of one
     is 100%), and with it the conformal threshold on the synthetic NetFlow fell from about
     10 to 4 while DoS minutes scored 60. A series without the prefix (raw
-    :func:`~ae_anomaly.data.flows.aggregate_flows` output) fails loudly at scoring instead of
+    :func:`~ae_anomaly.data.netflow.aggregate_netflow` output) fails loudly at scoring instead of
     being scored on the wrong scale. Use ``preprocess.scaler: standard``: empty intervals make
     a median/IQR scale degenerate.
 
@@ -127,13 +128,13 @@ def flow_series(frame: pd.DataFrame, ds: FlowDatasetConfig) -> pd.DataFrame:
     if ds.aggregate is None:
         raise ConfigError(
             f"dataset '{ds.name}' has no 'aggregate' section: it is needed for "
-            "data.flow_mode 'aggregate' (or use data.flow_mode=rows)"
+            "data.netflow_mode 'aggregate' (or use data.netflow_mode=rows)"
         )
     features = list(ds.aggregate.features)
     agg = ds.aggregate
     if "failed_share" in features and "flows" not in features:
         agg = agg.model_copy(update={"features": [*features, "flows"]})
-    series = aggregate_flows(frame, ds, agg)
+    series = aggregate_netflow(frame, ds, agg)
     if "failed_share" in features:
         failed = series["failed_share"].to_numpy(np.float64) * series["flows"].to_numpy()
         series["failed_share"] = np.round(failed)
@@ -145,25 +146,25 @@ def flow_series(frame: pd.DataFrame, ds: FlowDatasetConfig) -> pd.DataFrame:
     return series.rename(columns=names)
 
 
-def load_flow_training_frame(cfg: AppConfig) -> pd.DataFrame:
+def load_netflow_training_frame(cfg: AppConfig) -> pd.DataFrame:
     """The training frame of a flow configuration.
 
     ``aggregate``: the wide per-entity series of ``data.train``'s flows; ``rows``: the flow
     rows themselves (the detector keeps only the normal ones when they are labelled).
 
     Raises:
-        ConfigError: ``data.train`` or ``data.flows`` is not set, or the description is bad.
+        ConfigError: ``data.train`` or ``data.netflow`` is not set, or the description is bad.
         DataError: the flow files are missing or invalid.
     """
     if not cfg.data.train:
         raise ConfigError(
             "data.train is not set: give a flow file, folder or glob (--set data.train=PATH)"
         )
-    ds = load_flow_dataset(cfg.data)
-    frame = read_flow_paths([expand_path(cfg.data.train)], ds)
-    if cfg.data.flow_mode == "rows":
+    ds = load_netflow_dataset(cfg.data)
+    frame = read_netflow_paths([expand_path(cfg.data.train)], ds)
+    if cfg.data.netflow_mode == "rows":
         return frame
-    series = flow_series(frame, ds)
+    series = netflow_series(frame, ds)
     if IS_ANOMALY in series.columns and series[IS_ANOMALY].any():
         log.warning(
             "%d of %d training intervals contain flows labelled anomalous; the "
@@ -174,27 +175,27 @@ def load_flow_training_frame(cfg: AppConfig) -> pd.DataFrame:
     return series
 
 
-def build_flow_detector(cfg: AppConfig) -> FlowDetector:
+def build_netflow_detector(cfg: AppConfig) -> NetflowDetector:
     """An unfitted detector for the configured flow mode."""
-    if cfg.data.flow_mode == "rows":
+    if cfg.data.netflow_mode == "rows":
         return TabularDetector(
             cfg.model,
             cfg.training,
             cfg.calibration,
-            load_flow_dataset(cfg.data),
-            cfg.data.flow_max_categories,
+            load_netflow_dataset(cfg.data),
+            cfg.data.netflow_max_categories,
             clip=cfg.preprocess.clip,
         )
     return Detector.from_config(cfg)
 
 
-def fit_flow_detector(
+def fit_netflow_detector(
     cfg: AppConfig,
     frame: pd.DataFrame,
     on_epoch: Callable[[int, float, float | None], None] | None = None,
-) -> FlowDetector:
-    """Fit the configured flow detector on :func:`load_flow_training_frame`'s frame."""
-    det = build_flow_detector(cfg)
+) -> NetflowDetector:
+    """Fit the configured flow detector on :func:`load_netflow_training_frame`'s frame."""
+    det = build_netflow_detector(cfg)
     if isinstance(det, TabularDetector):
         return det.fit(frame)
     return det.fit(frame, on_epoch=on_epoch)
@@ -207,7 +208,7 @@ def score_series(
     events_cfg: EventsConfig,
     scoring_cfg: ScoringConfig,
 ) -> ScoreResult:
-    """Score a wide per-entity frame (e.g. :func:`flow_series`) in memory and find events.
+    """Score a wide per-entity frame (e.g. :func:`netflow_series`) in memory and find events.
 
     Each entity's rows are one series in time order; an entity with fewer steps than the
     window is counted in ``unscored``.
@@ -263,7 +264,7 @@ class RowScores:
     row_keys: list[str]
 
 
-def row_entities(frame: pd.DataFrame, ds: FlowDatasetConfig) -> np.ndarray:
+def row_entities(frame: pd.DataFrame, ds: NetflowDatasetConfig) -> np.ndarray:
     """Each row's entity: its entity key columns joined with ``|`` (the data set name if none)."""
     if not ds.entity:
         return np.full(len(frame), ds.name, dtype=object)
@@ -274,7 +275,7 @@ def row_entities(frame: pd.DataFrame, ds: FlowDatasetConfig) -> np.ndarray:
     return out
 
 
-def _row_keys(frame: pd.DataFrame, ds: FlowDatasetConfig, rows: np.ndarray) -> list[str]:
+def _row_keys(frame: pd.DataFrame, ds: NetflowDatasetConfig, rows: np.ndarray) -> list[str]:
     """Deterministic keys of rows: content hash plus the occurrence of identical rows."""
     cols = [c for c in ds.used_columns(include_label=False) if c in frame.columns]
     hashes = pd.util.hash_pandas_object(frame[cols], index=False).to_numpy()
@@ -282,7 +283,7 @@ def _row_keys(frame: pd.DataFrame, ds: FlowDatasetConfig, rows: np.ndarray) -> l
     return [f"{hashes[i]:016x}.{nth[i]}" for i in rows]
 
 
-def score_flow_rows(
+def score_netflow_rows(
     detector: TabularDetector,
     frame: pd.DataFrame,
     scored_at: datetime | None = None,
@@ -292,7 +293,7 @@ def score_flow_rows(
 
     Args:
         detector: a fitted row detector (its description names timestamp and entity keys).
-        frame: flow rows as :func:`~ae_anomaly.data.flows.read_flows` returns them.
+        frame: flow rows as :func:`~ae_anomaly.data.netflow.read_netflow` returns them.
         scored_at: the time given to events of a data set without timestamps.
         batch_size: rows per forward pass.
 
@@ -350,7 +351,7 @@ def row_records(
 
 # --------------------------------------------------------------------------- both modes
 @dataclasses.dataclass
-class FlowScoreResult:
+class NetflowScoreResult:
     """A flow scoring pass: its event records and counts."""
 
     records: list[EventRecord]
@@ -363,23 +364,23 @@ class FlowScoreResult:
     files: list[str] = dataclasses.field(default_factory=list)
 
 
-def score_flow_frame(
+def score_netflow_frame(
     cfg: AppConfig,
-    detector: FlowDetector,
+    detector: NetflowDetector,
     frame: pd.DataFrame,
     model: ModelRef,
-    ds: FlowDatasetConfig | None = None,
+    ds: NetflowDatasetConfig | None = None,
     scored_at: datetime | None = None,
-) -> FlowScoreResult:
+) -> NetflowScoreResult:
     """Score flow rows already read (either mode) into event records.
 
     Raises:
-        ConfigError: the detector does not match ``data.flow_mode``.
+        ConfigError: the detector does not match ``data.netflow_mode``.
         DataError: the flows do not fit the description or the model.
     """
     if isinstance(detector, TabularDetector):
-        rows = score_flow_rows(detector, frame, scored_at, cfg.scoring.batch_size)
-        return FlowScoreResult(
+        rows = score_netflow_rows(detector, frame, scored_at, cfg.scoring.batch_size)
+        return NetflowScoreResult(
             row_records(rows, detector, model, scored_at),
             "rows",
             len(frame),
@@ -387,11 +388,11 @@ def score_flow_frame(
             int(rows.flagged.sum()),
             events=rows.events,
         )
-    if cfg.data.flow_mode == "rows":
-        raise ConfigError("data.flow_mode is 'rows' but the model is a time-series detector")
-    ds = ds or load_flow_dataset(cfg.data)
-    res = score_series(detector, flow_series(frame, ds), cfg.events, cfg.scoring)
-    return FlowScoreResult(
+    if cfg.data.netflow_mode == "rows":
+        raise ConfigError("data.netflow_mode is 'rows' but the model is a time-series detector")
+    ds = ds or load_netflow_dataset(cfg.data)
+    res = score_series(detector, netflow_series(frame, ds), cfg.events, cfg.scoring)
+    return NetflowScoreResult(
         to_records(res.events, detector, model, scored_at),
         "aggregate",
         len(frame),
@@ -402,13 +403,13 @@ def score_flow_frame(
     )
 
 
-def score_flow_inputs(
+def score_netflow_inputs(
     cfg: AppConfig,
-    detector: FlowDetector,
+    detector: NetflowDetector,
     model: ModelRef,
     paths: list[str] | None = None,
     scored_at: datetime | None = None,
-) -> FlowScoreResult:
+) -> NetflowScoreResult:
     """Read the configured (or given) flow files and score them (either mode).
 
     Raises:
@@ -420,14 +421,14 @@ def score_flow_inputs(
         raise ConfigError(
             "data.score is not set: give a flow file, folder or glob (--set data.score=PATH)"
         )
-    ds = load_flow_dataset(cfg.data)
-    files = [f for t in targets for f in flow_paths(expand_path(t), ds)]
-    frame = read_flow_paths(files, ds)
-    out = score_flow_frame(cfg, detector, frame, model, ds, scored_at)
+    ds = load_netflow_dataset(cfg.data)
+    files = [f for t in targets for f in netflow_paths(expand_path(t), ds)]
+    frame = read_netflow_paths(files, ds)
+    out = score_netflow_frame(cfg, detector, frame, model, ds, scored_at)
     out.files = [str(f) for f in files]
     return out
 
 
-def write_flow_events(cfg: AppConfig, result: FlowScoreResult) -> int:
+def write_netflow_events(cfg: AppConfig, result: NetflowScoreResult) -> int:
     """Upsert a flow scoring pass's records into the configured anomaly table."""
     return SqlSink(cfg.sink.url, cfg.sink.table).write(result.records)

@@ -24,14 +24,14 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ae_anomaly.data.flows import FlowDatasetConfig, category_strings, coerce_numeric
+from ae_anomaly.data.netflow import NetflowDatasetConfig, category_strings, coerce_numeric
 from ae_anomaly.errors import DataError
 
 log = logging.getLogger(__name__)
 
 UNSEEN = "__unseen__"
 MISSING = "__missing__"
-FORMAT = "ae_anomaly.flow_feature_pipeline"
+FORMAT = "ae_anomaly.netflow_feature_pipeline"
 VERSION = 1
 
 # "auto" log1p: a non-negative column reaching above 1 whose tail is long.
@@ -80,7 +80,7 @@ class _Fitted(BaseModel):
 class _State(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    format: Literal["ae_anomaly.flow_feature_pipeline"]
+    format: Literal["ae_anomaly.netflow_feature_pipeline"]
     version: Literal[1]
     numeric: list[str]
     categorical: list[str]
@@ -89,7 +89,7 @@ class _State(BaseModel):
     fitted: _Fitted | None
 
 
-class FlowFeaturePipeline:
+class NetflowFeaturePipeline:
     """Flow rows to a float32 feature matrix; see the module docstring for the steps.
 
     Args:
@@ -131,7 +131,8 @@ class FlowFeaturePipeline:
         self.max_categories = int(max_categories)
 
     @classmethod
-    def from_dataset(cls, ds: FlowDatasetConfig, max_categories: int = 50) -> FlowFeaturePipeline:
+    def from_dataset(cls, ds: NetflowDatasetConfig,
+                     max_categories: int = 50) -> NetflowFeaturePipeline:
         """An unfitted pipeline for a data set description's numeric and categorical columns."""
         return cls(ds.numeric, ds.categorical, ds.log1p, max_categories)
 
@@ -149,7 +150,7 @@ class FlowFeaturePipeline:
 
     def _check_fitted(self) -> None:
         if not self.is_fitted:
-            raise RuntimeError("FlowFeaturePipeline is not fitted; call fit() first")
+            raise RuntimeError("NetflowFeaturePipeline is not fitted; call fit() first")
 
     @staticmethod
     def _require(frame: pd.DataFrame, columns: list[str]) -> None:
@@ -173,7 +174,7 @@ class FlowFeaturePipeline:
         return block
 
     # ------------------------------------------------------------------ fit / transform
-    def fit(self, frame: pd.DataFrame) -> FlowFeaturePipeline:
+    def fit(self, frame: pd.DataFrame) -> NetflowFeaturePipeline:
         """Fit the statistics on training rows.
 
         Args:
@@ -290,7 +291,7 @@ class FlowFeaturePipeline:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FlowFeaturePipeline:
+    def from_dict(cls, d: dict[str, Any]) -> NetflowFeaturePipeline:
         """Rebuild a pipeline saved with :meth:`to_dict`; it transforms identically.
 
         Raises:

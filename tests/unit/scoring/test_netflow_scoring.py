@@ -10,23 +10,23 @@ import pytest
 import yaml
 
 from ae_anomaly.config import AppConfig, load_config
-from ae_anomaly.data.synthetic_flows import generate_flows
+from ae_anomaly.data.synthetic_netflow import generate_netflow
 from ae_anomaly.detector import Detector
 from ae_anomaly.errors import ConfigError, DataError
-from ae_anomaly.flow_demo import attack_recall, run_flow_demo
-from ae_anomaly.scoring.flows import (
-    fit_flow_detector,
-    load_flow_training_frame,
-    score_flow_inputs,
-    write_flow_events,
+from ae_anomaly.netflow_demo import attack_recall, run_netflow_demo
+from ae_anomaly.records import ModelRef
+from ae_anomaly.scoring.netflow import (
+    fit_netflow_detector,
+    load_netflow_training_frame,
+    score_netflow_inputs,
+    write_netflow_events,
 )
-from ae_anomaly.scoring.job import ModelRef
 from ae_anomaly.sinks import SqlSink
 from ae_anomaly.tabular import TabularDetector
 
 REPO = Path(__file__).resolve().parents[3]
 NETFLOW = REPO / "configs" / "datasets" / "netflow.yaml"
-DEMO = REPO / "configs" / "flows_demo.yaml"
+DEMO = REPO / "configs" / "netflow_demo.yaml"
 AGG_FEATURES = {
     "log1p_flows",
     "log1p_bytes",
@@ -53,7 +53,7 @@ AGGREGATE = [
 ]
 # A small dense_ae on flow rows.
 ROWS = [
-    "data.flow_mode=rows",
+    "data.netflow_mode=rows",
     "model.name=dense_ae",
     "model.hidden=[16]",
     "model.latent_dim=4",
@@ -76,11 +76,11 @@ def _split(
 
 
 def _cfg(tmp_path: Path, dataset: Path, train: Path, score: Path, extra: list[str]) -> AppConfig:
-    base = None if "data.flow_mode=rows" in extra else DEMO  # the demo's model is a conv_ae
+    base = None if "data.netflow_mode=rows" in extra else DEMO  # the demo's model is a conv_ae
     return load_config(
         base,
         [
-            f"data.flows={dataset}",
+            f"data.netflow={dataset}",
             f"data.train={train}",
             f"data.score={score}",
             f"sink.url=sqlite:///{tmp_path / 'anomalies.db'}",
@@ -93,7 +93,7 @@ def _cfg(tmp_path: Path, dataset: Path, train: Path, score: Path, extra: list[st
 def scans_and_dos(tmp_path_factory: pytest.TempPathFactory):
     """Four hosts, a clean day, then a day with four port scans and four DoS bursts."""
     tmp = tmp_path_factory.mktemp("attacks")
-    flows, attacks = generate_flows(
+    flows, attacks = generate_netflow(
         n_hosts=4,
         days=2.0,
         seed=11,
@@ -103,7 +103,7 @@ def scans_and_dos(tmp_path_factory: pytest.TempPathFactory):
     )
     train, score = _split(tmp, flows, pd.Timestamp("2024-01-02"))
     cfg = _cfg(tmp, NETFLOW, train, score, AGGREGATE)
-    det = fit_flow_detector(cfg, load_flow_training_frame(cfg))
+    det = fit_netflow_detector(cfg, load_netflow_training_frame(cfg))
     return cfg, det, attacks
 
 
@@ -111,7 +111,7 @@ def test_port_scans_and_dos_bursts_are_found_per_host(scans_and_dos) -> None:
     cfg, det, attacks = scans_and_dos
     assert isinstance(det, Detector)
     assert set(det.feature_names_) == AGG_FEATURES
-    result = score_flow_inputs(cfg, det, MODEL)
+    result = score_netflow_inputs(cfg, det, MODEL)
     recall = attack_recall(result.events, attacks, pd.Timedelta("1min"))
     assert recall["port_scan"] >= 0.8, recall
     assert recall["dos"] >= 0.8, recall
@@ -132,24 +132,24 @@ def test_port_scans_and_dos_bursts_are_found_per_host(scans_and_dos) -> None:
 
 def test_aggregate_events_go_to_the_anomaly_table_idempotently(scans_and_dos) -> None:
     cfg, det, _ = scans_and_dos
-    result = score_flow_inputs(cfg, det, MODEL)
-    assert write_flow_events(cfg, result) == len(result.records) > 0
-    again = score_flow_inputs(cfg, det, MODEL)
-    assert write_flow_events(cfg, again) == 0
+    result = score_netflow_inputs(cfg, det, MODEL)
+    assert write_netflow_events(cfg, result) == len(result.records) > 0
+    again = score_netflow_inputs(cfg, det, MODEL)
+    assert write_netflow_events(cfg, again) == 0
     table = SqlSink(cfg.sink.url, cfg.sink.table).read()
     assert len(table) == len(result.records)
     assert set(table["entity"]) <= {f"10.0.0.{i}" for i in range(1, 5)}
 
 
 def test_rows_mode_writes_one_event_per_flagged_flow(tmp_path: Path) -> None:
-    flows, _ = generate_flows(
+    flows, _ = generate_netflow(
         n_hosts=3, days=1.0, seed=5, attacks=("exfiltration",), attack_count=2
     )
     train, score = _split(tmp_path, flows, pd.Timestamp("2024-01-01 12:00"))
     cfg = _cfg(tmp_path, NETFLOW, train, score, ROWS)
-    det = fit_flow_detector(cfg, load_flow_training_frame(cfg))
+    det = fit_netflow_detector(cfg, load_netflow_training_frame(cfg))
     assert isinstance(det, TabularDetector)
-    result = score_flow_inputs(cfg, det, MODEL)
+    result = score_netflow_inputs(cfg, det, MODEL)
     assert result.mode == "rows" and result.n_flows == result.steps
     exfil = flows[(flows["label"] == "exfiltration") & (flows["ts"] >= "2024-01-01 12:00")]
     flagged_times = {pd.Timestamp(r.start_ts) for r in result.records}
@@ -160,25 +160,25 @@ def test_rows_mode_writes_one_event_per_flagged_flow(tmp_path: Path) -> None:
         assert rec.entity.startswith("10.0.0.") and rec.n_points == 1
         assert rec.start_ts == rec.end_ts == rec.peak_ts
         assert set(rec.top_channels) <= set(det.feature_names_)
-    assert write_flow_events(cfg, result) == len(result.records)
-    assert write_flow_events(cfg, score_flow_inputs(cfg, det, MODEL)) == 0
+    assert write_netflow_events(cfg, result) == len(result.records)
+    assert write_netflow_events(cfg, score_netflow_inputs(cfg, det, MODEL)) == 0
 
 
 # --------------------------------------------------------------------------- bad input
 @pytest.fixture(scope="module")
 def rows_model(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("rows")
-    flows, _ = generate_flows(n_hosts=2, days=0.25, seed=2, attacks=())
+    flows, _ = generate_netflow(n_hosts=2, days=0.25, seed=2, attacks=())
     path = tmp / "train.csv"
     flows.to_csv(path, index=False)
     cfg = _cfg(tmp, NETFLOW, path, path, ROWS)
-    return cfg, fit_flow_detector(cfg, load_flow_training_frame(cfg)), flows
+    return cfg, fit_netflow_detector(cfg, load_netflow_training_frame(cfg)), flows
 
 
 def _score_file(cfg: AppConfig, det, tmp_path: Path, text: str):
     path = tmp_path / "bad.csv"
     path.write_text(text)
-    return score_flow_inputs(cfg, det, MODEL, paths=[str(path)])
+    return score_netflow_inputs(cfg, det, MODEL, paths=[str(path)])
 
 
 HEADER = "ts,src_ip,dst_ip,src_port,dst_port,proto,bytes,packets,duration,tcp_flags"
@@ -217,14 +217,14 @@ def test_unknown_protocol_goes_to_the_unseen_bucket(rows_model, tmp_path: Path) 
 
 
 def test_missing_flow_description_is_a_config_error(tmp_path: Path) -> None:
-    cfg = load_config(DEMO, ["data.flows=null"])
-    with pytest.raises(ConfigError, match="data.flows is not set"):
-        load_flow_training_frame(cfg)
-    cfg = load_config(DEMO, [f"data.flows={tmp_path / 'nope.yaml'}"])
+    cfg = load_config(DEMO, ["data.netflow=null"])
+    with pytest.raises(ConfigError, match="data.netflow is not set"):
+        load_netflow_training_frame(cfg)
+    cfg = load_config(DEMO, [f"data.netflow={tmp_path / 'nope.yaml'}"])
     with pytest.raises(ConfigError, match="not found"):
-        load_flow_training_frame(cfg)
-    with pytest.raises(ConfigError, match="flow_mode"):
-        load_config(DEMO, ["data.flow_mode=hosts"])
+        load_netflow_training_frame(cfg)
+    with pytest.raises(ConfigError, match="netflow_mode"):
+        load_config(DEMO, ["data.netflow_mode=hosts"])
 
 
 # --------------------------------------------------------------------------- second data set
@@ -232,7 +232,7 @@ def _renamed_dataset(tmp_path: Path) -> tuple[Path, Path, Path, pd.DataFrame]:
     """The generator's flows reshaped: other column names, epoch seconds, Parquet, a label
     called 'class' with 'benign' as normal, an extra column, and protocols never seen in
     training at scoring time."""
-    flows, attacks = generate_flows(
+    flows, attacks = generate_netflow(
         n_hosts=3, days=1.0, seed=8, attacks=("port_scan", "dos"), attack_count=2
     )
     out = pd.DataFrame(
@@ -290,11 +290,11 @@ def _renamed_dataset(tmp_path: Path) -> tuple[Path, Path, Path, pd.DataFrame]:
 def test_a_differently_shaped_data_set_works_from_yaml_alone(tmp_path: Path, mode: str) -> None:
     dataset, train, score, attacks = _renamed_dataset(tmp_path)
     cfg = _cfg(tmp_path, dataset, train, score, AGGREGATE if mode == "aggregate" else ROWS)
-    det = fit_flow_detector(cfg, load_flow_training_frame(cfg))
-    result = score_flow_inputs(cfg, det, MODEL)
+    det = fit_netflow_detector(cfg, load_netflow_training_frame(cfg))
+    result = score_netflow_inputs(cfg, det, MODEL)
     assert result.records
     assert {r.entity for r in result.records} <= {"10.0.0.1", "10.0.0.2", "10.0.0.3"}
-    assert write_flow_events(cfg, result) == len(result.records)
+    assert write_netflow_events(cfg, result) == len(result.records)
     if mode == "aggregate":
         recall = attack_recall(result.events, attacks, pd.Timedelta("1min"))
         assert min(recall.values()) >= 0.5, recall
@@ -309,7 +309,7 @@ def test_flow_demo_writes_events_for_the_attacks(home: Path) -> None:
     cfg = load_config(
         DEMO,
         [
-            f"data.flows={NETFLOW}",
+            f"data.netflow={NETFLOW}",
             "data.synthetic.n_entities=3",
             "data.synthetic.train_days=0.5",
             "data.synthetic.score_days=0.5",
@@ -317,13 +317,13 @@ def test_flow_demo_writes_events_for_the_attacks(home: Path) -> None:
             "window.length=16",
         ],
     )
-    out = run_flow_demo(cfg)
+    out = run_netflow_demo(cfg)
     assert out["data"].train.is_file() and out["data"].attacks.is_file()
     assert out["rows_written"] == len(out["result"].records) > 0
     table = SqlSink(cfg.sink.url, cfg.sink.table).read()
     assert len(table) == out["rows_written"]
-    assert (table["model_name"] == "ae-anomaly-flows").all()
+    assert (table["model_name"] == "ae-anomaly-netflow").all()
     assert set(out["recall"]) <= {"port_scan", "dos", "exfiltration", "new_service"}
     assert np.isfinite(out["threshold"])
-    again = run_flow_demo(cfg)
+    again = run_netflow_demo(cfg)
     assert again["rows_written"] == 0  # seeded: the same events, upserted

@@ -1,8 +1,8 @@
 """Flow data sets described in YAML: the description, a validating reader, and aggregation.
 
-A new flow data set needs a YAML file and no code: :class:`FlowDatasetConfig` names the
+A new flow data set needs a YAML file and no code: :class:`NetflowDatasetConfig` names the
 columns (or the header), which are numeric, categorical, the label and the timestamp, and
-:func:`read_flows` reads and validates a file against it. :func:`aggregate_flows` turns
+:func:`read_netflow` reads and validates a file against it. :func:`aggregate_netflow` turns
 timestamped flows into a wide per-entity time series (``timestamp, entity, <features>``) that
 the time-series side of the pipeline reads like any other wide frame.
 
@@ -116,13 +116,13 @@ class AggregationConfig(BaseModel):
         return list(dict.fromkeys(cols))
 
 
-class FlowDatasetConfig(BaseModel):
+class NetflowDatasetConfig(BaseModel):
     """A flow data set: its files, its columns and what each column is.
 
     ``train`` and ``test`` are a file or a glob relative to the data folder. When the file has
     no header, ``columns`` names every field in order. ``log1p`` lists heavy-tailed count
     columns to log-transform, or ``"auto"`` to pick non-negative numeric columns whose
-    max/p99 ratio or skew is large (see :func:`ae_anomaly.data.flow_features.auto_log1p`).
+    max/p99 ratio or skew is large (see :func:`ae_anomaly.data.netflow_features.auto_log1p`).
     The ``label`` column is optional in a file (scoring data usually has none); when present,
     a row is anomalous when its label (compared as text) is not in ``normal_values``.
     ``keep`` lists columns read and passed through without being features (e.g. ``dst_ip``).
@@ -151,7 +151,7 @@ class FlowDatasetConfig(BaseModel):
     aggregate: AggregationConfig | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> FlowDatasetConfig:
+    def _consistent(self) -> NetflowDatasetConfig:
         for key in ("columns", "entity", "numeric", "categorical", "drop", "keep"):
             values = getattr(self, key) or []
             dupes = sorted({v for v in values if values.count(v) > 1})
@@ -187,7 +187,7 @@ class FlowDatasetConfig(BaseModel):
         return self
 
     def used_columns(self, include_label: bool = False) -> list[str]:
-        """The columns :func:`read_flows` requires, in a stable order, without duplicates.
+        """The columns :func:`read_netflow` requires, in a stable order, without duplicates.
 
         Args:
             include_label: also list the label column (which a file may lack).
@@ -216,7 +216,7 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return f"{source}: {where}{msg}{more}"
 
 
-def load_flow_dataset_config(path: str | Path) -> FlowDatasetConfig:
+def load_netflow_dataset_config(path: str | Path) -> NetflowDatasetConfig:
     """Load a flow data set description from YAML.
 
     Args:
@@ -244,13 +244,13 @@ def load_flow_dataset_config(path: str | Path) -> FlowDatasetConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys")
     try:
-        return FlowDatasetConfig.model_validate(raw)
+        return NetflowDatasetConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source)) from None
 
 
-def flow_files(
-    ds: FlowDatasetConfig, split: Literal["train", "test"], data_dir: str | Path
+def netflow_files(
+    ds: NetflowDatasetConfig, split: Literal["train", "test"], data_dir: str | Path
 ) -> list[Path]:
     """The files of a split: ``ds.train`` or ``ds.test`` (a file or glob) under ``data_dir``.
 
@@ -268,11 +268,11 @@ def flow_files(
     return files
 
 
-def read_flow_split(
-    ds: FlowDatasetConfig, split: Literal["train", "test"], data_dir: str | Path
+def read_netflow_split(
+    ds: NetflowDatasetConfig, split: Literal["train", "test"], data_dir: str | Path
 ) -> pd.DataFrame:
-    """Read and concatenate every file of a split (see :func:`flow_files`, :func:`read_flows`)."""
-    frames = [read_flows(f, ds) for f in flow_files(ds, split, data_dir)]
+    """Read and concatenate every file of a split (:func:`netflow_files`, :func:`read_netflow`)."""
+    frames = [read_netflow(f, ds) for f in netflow_files(ds, split, data_dir)]
     return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
@@ -382,7 +382,7 @@ def parse_timestamps(
 
 
 def label_is_anomaly(
-    labels: pd.Series, ds: FlowDatasetConfig, path: str | Path | None = None
+    labels: pd.Series, ds: NetflowDatasetConfig, path: str | Path | None = None
 ) -> pd.Series:
     """True where a label is not one of ``ds.normal_values`` (compared as trimmed text).
 
@@ -409,7 +409,7 @@ def _parser_row(exc: Exception, header: bool) -> int | None:
     return int(match.group(1)) - (1 if header else 0)
 
 
-def _read_csv(path: Path, ds: FlowDatasetConfig) -> pd.DataFrame:
+def _read_csv(path: Path, ds: NetflowDatasetConfig) -> pd.DataFrame:
     where = str(path)
     text_cols = set(ds.entity + ds.categorical + ([ds.label] if ds.label else []))
     if ds.timestamp is not None and ds.timestamp_unit is None:
@@ -465,7 +465,7 @@ def _read_csv(path: Path, ds: FlowDatasetConfig) -> pd.DataFrame:
     return frame
 
 
-def _read_parquet(path: Path, ds: FlowDatasetConfig) -> pd.DataFrame:
+def _read_parquet(path: Path, ds: NetflowDatasetConfig) -> pd.DataFrame:
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for a broken file
@@ -476,7 +476,7 @@ def _read_parquet(path: Path, ds: FlowDatasetConfig) -> pd.DataFrame:
     return frame[[c for c in ds.used_columns(include_label=True) if c in frame.columns]]
 
 
-def read_flows(path: str | Path, ds: FlowDatasetConfig) -> pd.DataFrame:
+def read_netflow(path: str | Path, ds: NetflowDatasetConfig) -> pd.DataFrame:
     """Read one flow file and validate it against its description.
 
     Args:
@@ -553,8 +553,8 @@ def _failed(flags: pd.Series) -> np.ndarray:
     return failed.fillna(False).to_numpy(dtype=bool)
 
 
-def aggregate_flows(
-    frame: pd.DataFrame, ds: FlowDatasetConfig, agg: AggregationConfig | None = None
+def aggregate_netflow(
+    frame: pd.DataFrame, ds: NetflowDatasetConfig, agg: AggregationConfig | None = None
 ) -> pd.DataFrame:
     """Per-entity time series from timestamped flows.
 
@@ -567,7 +567,7 @@ def aggregate_flows(
     - ``bytes_out_per_flow``: bytes sent per flow (0 without flows).
 
     Args:
-        frame: flows, as :func:`read_flows` returns them.
+        frame: flows, as :func:`read_netflow` returns them.
         ds: the data set description (its ``timestamp`` and ``aggregate`` section).
         agg: overrides ``ds.aggregate``.
 

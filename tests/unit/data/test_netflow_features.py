@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ae_anomaly.data.flow_features import MISSING, UNSEEN, FlowFeaturePipeline, auto_log1p
+from ae_anomaly.data.netflow_features import MISSING, UNSEEN, NetflowFeaturePipeline, auto_log1p
 from ae_anomaly.errors import DataError
 
 
@@ -26,8 +26,8 @@ def _train(n: int = 400, seed: int = 0) -> pd.DataFrame:
     )
 
 
-def _pipe(**kw: object) -> FlowFeaturePipeline:
-    return FlowFeaturePipeline(
+def _pipe(**kw: object) -> NetflowFeaturePipeline:
+    return NetflowFeaturePipeline(
         numeric=["bytes", "rate", "const"], categorical=["proto", "port", "site"], **kw
     )
 
@@ -82,7 +82,7 @@ def test_constant_columns_dropped() -> None:
 def test_json_round_trip_transforms_identically() -> None:
     train = _train()
     pipe = _pipe(max_categories=2).fit(train)
-    clone = FlowFeaturePipeline.from_dict(json.loads(json.dumps(pipe.to_dict())))
+    clone = NetflowFeaturePipeline.from_dict(json.loads(json.dumps(pipe.to_dict())))
     test = _train(100, seed=5)
     test.loc[:3, "proto"] = "gre"
     test.loc[4, "bytes"] = np.nan
@@ -90,12 +90,12 @@ def test_json_round_trip_transforms_identically() -> None:
     assert clone.feature_names_ == pipe.feature_names_
     assert clone.to_dict() == pipe.to_dict()
 
-    unfitted = FlowFeaturePipeline.from_dict(_pipe().to_dict())
+    unfitted = NetflowFeaturePipeline.from_dict(_pipe().to_dict())
     assert not unfitted.is_fitted
     with pytest.raises(RuntimeError, match="not fitted"):
         unfitted.transform(train)
     with pytest.raises(ValueError, match="not a saved flow feature pipeline"):
-        FlowFeaturePipeline.from_dict({**pipe.to_dict(), "surprise": 1})
+        NetflowFeaturePipeline.from_dict({**pipe.to_dict(), "surprise": 1})
 
 
 def test_output_shape_dtype_and_names() -> None:
@@ -135,7 +135,7 @@ def test_log1p_auto_clipping_and_explicit() -> None:
 
 def test_zero_iqr_falls_back_to_std_and_missing_values() -> None:
     frame = pd.DataFrame({"spiky": [0.0] * 90 + [10.0] * 10, "cat": [None] * 50 + ["x"] * 50})
-    pipe = FlowFeaturePipeline(["spiky"], ["cat"], log1p=[]).fit(frame)
+    pipe = NetflowFeaturePipeline(["spiky"], ["cat"], log1p=[]).fit(frame)
     assert pipe.iqrs_["spiky"] == pytest.approx(np.std(frame["spiky"]))
     assert MISSING in pipe.categories_["cat"]
     x = pipe.transform(pd.DataFrame({"spiky": [np.nan], "cat": [None]}))

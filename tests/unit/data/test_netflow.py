@@ -8,17 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ae_anomaly.data.flow_features import UNSEEN, FlowFeaturePipeline
-from ae_anomaly.data.flows import (
+from ae_anomaly.data.netflow import (
     AggregationConfig,
-    FlowDatasetConfig,
-    aggregate_flows,
-    flow_files,
-    load_flow_dataset_config,
-    read_flow_split,
-    read_flows,
+    NetflowDatasetConfig,
+    aggregate_netflow,
+    load_netflow_dataset_config,
+    netflow_files,
+    read_netflow,
+    read_netflow_split,
 )
-from ae_anomaly.data.synthetic_flows import generate_flows
+from ae_anomaly.data.netflow_features import UNSEEN, NetflowFeaturePipeline
+from ae_anomaly.data.synthetic_netflow import generate_netflow
 from ae_anomaly.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[3]
@@ -28,8 +28,8 @@ NSL_KDD_DIR = (REPO / ".." / "shared" / "data" / "nsl_kdd").resolve()
 HEADER = "ts,src_ip,dst_ip,src_port,dst_port,proto,bytes,packets,duration,tcp_flags,label"
 
 
-def _netflow() -> FlowDatasetConfig:
-    return load_flow_dataset_config(CONFIGS / "netflow.yaml")
+def _netflow() -> NetflowDatasetConfig:
+    return load_netflow_dataset_config(CONFIGS / "netflow.yaml")
 
 
 def _write(tmp_path: Path, lines: list[str], name: str = "flows.csv") -> Path:
@@ -44,7 +44,7 @@ def _row(ts: str = "2024-01-01 00:00:00", bytes_: str = "100", label: str = "nor
 
 # --------------------------------------------------------------------------- descriptions
 def test_shipped_descriptions_load() -> None:
-    nsl = load_flow_dataset_config(CONFIGS / "nsl_kdd.yaml")
+    nsl = load_netflow_dataset_config(CONFIGS / "nsl_kdd.yaml")
     assert nsl.columns is not None and len(nsl.columns) == 43
     assert nsl.columns[-2:] == ["label", "difficulty"] and nsl.drop == ["difficulty"]
     assert nsl.categorical == ["protocol_type", "service", "flag"]
@@ -63,7 +63,7 @@ def test_nsl_kdd_column_names_match_field_names() -> None:
         for line in (NSL_KDD_DIR / "Field_Names.csv").read_text().splitlines()
         if line.strip()
     ]
-    nsl = load_flow_dataset_config(CONFIGS / "nsl_kdd.yaml")
+    nsl = load_netflow_dataset_config(CONFIGS / "nsl_kdd.yaml")
     assert nsl.columns is not None and nsl.columns[:41] == names
 
 
@@ -86,24 +86,24 @@ def test_bad_description_is_config_error_naming_file_and_key(
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError) as err:
-        load_flow_dataset_config(path)
+        load_netflow_dataset_config(path)
     assert str(path) in str(err.value)
     assert f"'{key}" in str(err.value)
 
 
 def test_missing_or_invalid_yaml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
-        load_flow_dataset_config(tmp_path / "nope.yaml")
+        load_netflow_dataset_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
-        load_flow_dataset_config(bad)
+        load_netflow_dataset_config(bad)
 
 
 # --------------------------------------------------------------------------- reading
 def test_read_flows_types_and_label(tmp_path: Path) -> None:
     path = _write(tmp_path, [HEADER, _row(), _row("2024-01-01 00:00:30", "7", "dos")])
-    frame = read_flows(path, _netflow())
+    frame = read_netflow(path, _netflow())
     assert frame["ts"].dtype == np.dtype("datetime64[ns]")
     assert frame["bytes"].tolist() == [100.0, 7.0]
     assert frame["dst_port"].tolist() == ["443", "443"]
@@ -113,7 +113,7 @@ def test_read_flows_types_and_label(tmp_path: Path) -> None:
 
 def test_label_column_is_optional(tmp_path: Path) -> None:
     path = _write(tmp_path, [HEADER.rsplit(",", 1)[0], _row().rsplit(",", 1)[0]])
-    frame = read_flows(path, _netflow())
+    frame = read_netflow(path, _netflow())
     assert "is_anomaly" not in frame.columns and len(frame) == 1
 
 
@@ -122,14 +122,14 @@ def test_missing_declared_column(tmp_path: Path) -> None:
     row = _row().replace(",2,0.5", ",0.5")
     path = _write(tmp_path, [header, row])
     with pytest.raises(DataError) as err:
-        read_flows(path, _netflow())
+        read_netflow(path, _netflow())
     assert err.value.column == "packets" and err.value.path == str(path)
 
 
 def test_non_numeric_value_names_column_and_row(tmp_path: Path) -> None:
     path = _write(tmp_path, [HEADER, _row(), _row(), _row(bytes_="12kB"), _row(bytes_="x")])
     with pytest.raises(DataError) as err:
-        read_flows(path, _netflow())
+        read_netflow(path, _netflow())
     assert (err.value.column, err.value.row) == ("bytes", 3)
     assert "12kB" in str(err.value) and str(path) in str(err.value)
 
@@ -137,7 +137,7 @@ def test_non_numeric_value_names_column_and_row(tmp_path: Path) -> None:
 def test_bad_timestamp_names_row(tmp_path: Path) -> None:
     path = _write(tmp_path, [HEADER, _row(), _row(ts="yesterday")])
     with pytest.raises(DataError) as err:
-        read_flows(path, _netflow())
+        read_netflow(path, _netflow())
     assert (err.value.column, err.value.row) == ("ts", 2)
 
 
@@ -146,35 +146,35 @@ def test_empty_file(tmp_path: Path, content: str) -> None:
     path = tmp_path / "empty.csv"
     path.write_text(content)
     with pytest.raises(DataError) as err:
-        read_flows(path, _netflow())
+        read_netflow(path, _netflow())
     assert err.value.path == str(path)
 
 
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no such file"):
-        read_flows(tmp_path / "none.csv", _netflow())
+        read_netflow(tmp_path / "none.csv", _netflow())
 
 
 def test_headerless_field_count_and_ragged_rows(tmp_path: Path) -> None:
-    ds = FlowDatasetConfig(
+    ds = NetflowDatasetConfig(
         name="t", header=False, columns=["a", "b", "kind"], numeric=["a", "b"], label="kind"
     )
     path = _write(tmp_path, ["1,2,normal", "3,4,attack"])
-    frame = read_flows(path, ds)
+    frame = read_netflow(path, ds)
     assert frame["is_anomaly"].tolist() == [False, True]
     with pytest.raises(DataError, match="3 columns"):
-        read_flows(_write(tmp_path, ["1,2", "3,4"], "short.csv"), ds)
+        read_netflow(_write(tmp_path, ["1,2", "3,4"], "short.csv"), ds)
     with pytest.raises(DataError) as err:
-        read_flows(_write(tmp_path, ["1,2,normal", "3,4,normal", "5,6,7,8"], "ragged.csv"), ds)
+        read_netflow(_write(tmp_path, ["1,2,normal", "3,4,normal", "5,6,7,8"], "ragged.csv"), ds)
     assert err.value.row == 3
 
 
 def test_header_with_spaces_and_ragged_rows(tmp_path: Path) -> None:
     spaced = _write(tmp_path, [HEADER.replace(",", ", "), _row().replace(",", ", ")], "sp.csv")
-    assert read_flows(spaced, _netflow())["bytes"].tolist() == [100.0]
+    assert read_netflow(spaced, _netflow())["bytes"].tolist() == [100.0]
     for lines, row in [([HEADER, _row(), _row() + ",x"], 2), ([HEADER, _row() + ",x"], 1)]:
         with pytest.raises(DataError) as err:
-            read_flows(_write(tmp_path, lines, f"ragged{row}.csv"), _netflow())
+            read_netflow(_write(tmp_path, lines, f"ragged{row}.csv"), _netflow())
         assert err.value.row == row
 
 
@@ -183,10 +183,10 @@ def test_flow_files_glob(tmp_path: Path) -> None:
     for i in range(2):
         _write(tmp_path / "train", [HEADER, _row()], f"part{i}.csv")
     ds = _netflow()
-    assert [p.name for p in flow_files(ds, "train", tmp_path)] == ["part0.csv", "part1.csv"]
-    assert len(read_flow_split(ds, "train", tmp_path)) == 2
+    assert [p.name for p in netflow_files(ds, "train", tmp_path)] == ["part0.csv", "part1.csv"]
+    assert len(read_netflow_split(ds, "train", tmp_path)) == 2
     with pytest.raises(DataError, match="no file matches"):
-        flow_files(ds, "test", tmp_path)
+        netflow_files(ds, "test", tmp_path)
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -214,7 +214,7 @@ def test_aggregate_hand_computed_example() -> None:
         }
     )
     ds = _netflow()
-    out = aggregate_flows(flows, ds)
+    out = aggregate_netflow(flows, ds)
     expected = pd.DataFrame(
         {
             "timestamp": pd.to_datetime(["2024-01-01 00:00", "2024-01-01 00:01"] * 2),
@@ -246,7 +246,7 @@ def test_aggregate_fills_missing_intervals_with_zeros() -> None:
             "tcp_flags": ["S", "PA"],
         }
     )
-    out = aggregate_flows(flows, _netflow())
+    out = aggregate_netflow(flows, _netflow())
     assert out["timestamp"].dt.minute.tolist() == [0, 1, 2, 3]
     assert out["flows"].tolist() == [1, 0, 0, 1]
     assert out["bytes"].tolist() == [10.0, 0.0, 0.0, 30.0]
@@ -264,17 +264,17 @@ def test_aggregate_interval_and_feature_subset() -> None:
         }
     )
     agg = AggregationConfig(interval="5min", features=["flows", "bytes"])
-    out = aggregate_flows(flows, _netflow(), agg)
+    out = aggregate_netflow(flows, _netflow(), agg)
     assert list(out.columns) == ["timestamp", "entity", "flows", "bytes"]
     assert out["flows"].tolist() == [2] and out["bytes"].tolist() == [40.0]
     with pytest.raises(DataError) as err:
-        aggregate_flows(flows, _netflow())
+        aggregate_netflow(flows, _netflow())
     assert err.value.column == "packets"
 
 
 # --------------------------------------------------------------------------- a new data set
 def test_second_dataset_from_yaml_alone(tmp_path: Path) -> None:
-    flows, _ = generate_flows(n_hosts=3, days=0.5, seed=3, attack_count=1, clean_fraction=0.5)
+    flows, _ = generate_netflow(n_hosts=3, days=0.5, seed=3, attack_count=1, clean_fraction=0.5)
     renamed = flows.rename(
         columns={
             "ts": "time",
@@ -322,20 +322,20 @@ aggregate:
   flags_col: flags
 """
     )
-    ds = load_flow_dataset_config(tmp_path / "mine.yaml")
-    tr = read_flow_split(ds, "train", tmp_path)
-    te = read_flow_split(ds, "test", tmp_path)
+    ds = load_netflow_dataset_config(tmp_path / "mine.yaml")
+    tr = read_netflow_split(ds, "train", tmp_path)
+    te = read_netflow_split(ds, "test", tmp_path)
     assert len(tr) + len(te) == len(flows)
     assert te["is_anomaly"].sum() == (flows["label"] != "normal").iloc[half:].sum()
 
-    pipe = FlowFeaturePipeline.from_dataset(ds).fit(tr[~tr["is_anomaly"]])
+    pipe = NetflowFeaturePipeline.from_dataset(ds).fit(tr[~tr["is_anomaly"]])
     assert "octets" in pipe.log1p_cols_
     x = pipe.transform(te)
     assert x.shape == (len(te), len(pipe.feature_names_)) and x.dtype == np.float32
     unseen = pipe.feature_names_.index(f"protocol={UNSEEN}")
     assert x[:5, unseen].tolist() == [1.0] * 5 and x[5:, unseen].sum() == 0
 
-    series = aggregate_flows(te, ds)
+    series = aggregate_netflow(te, ds)
     assert set(series["entity"]) <= {"10.0.0.1", "10.0.0.2", "10.0.0.3"}
     assert series["flows"].sum() == len(te)
     assert (series["timestamp"].dt.minute % 5 == 0).all()
@@ -348,9 +348,9 @@ aggregate:
     reason=f"NSL-KDD files not present at {NSL_KDD_DIR} (shared/data/nsl_kdd beside the repo)",
 )
 def test_real_nsl_kdd() -> None:
-    ds = load_flow_dataset_config(CONFIGS / "nsl_kdd.yaml")
-    train = read_flow_split(ds, "train", NSL_KDD_DIR)
-    test = read_flow_split(ds, "test", NSL_KDD_DIR)
+    ds = load_netflow_dataset_config(CONFIGS / "nsl_kdd.yaml")
+    train = read_netflow_split(ds, "train", NSL_KDD_DIR)
+    test = read_netflow_split(ds, "test", NSL_KDD_DIR)
     assert len(train) == 125_973 and len(test) == 22_544
     assert "difficulty" not in train.columns
     assert train["is_anomaly"].dtype == bool
@@ -360,7 +360,7 @@ def test_real_nsl_kdd() -> None:
     assert (~train["is_anomaly"]).mean() == pytest.approx(0.5346, abs=1e-3)
     assert set(train["protocol_type"]) == {"tcp", "udp", "icmp"}
 
-    pipe = FlowFeaturePipeline.from_dataset(ds).fit(train[~train["is_anomaly"]])
+    pipe = NetflowFeaturePipeline.from_dataset(ds).fit(train[~train["is_anomaly"]])
     assert "num_outbound_cmds" in pipe.dropped_constant_
     assert "src_bytes" in pipe.log1p_cols_ and "serror_rate" not in pipe.log1p_cols_
     x = pipe.transform(test)

@@ -189,7 +189,7 @@ def _attack(
     return flows, span
 
 
-def generate_flows(
+def generate_netflow(
     n_hosts: int = 8,
     days: float = 2.0,
     seed: int = 0,

@@ -1,13 +1,13 @@
 """The network-flow part of the demo: synthetic NetFlow -> per-host series -> events.
 
-:func:`run_flow_demo` generates seeded NetFlow records with injected attacks
-(:func:`~ae_anomaly.data.synthetic_flows.generate_flows`), writes the clean period as the
+:func:`run_netflow_demo` generates seeded NetFlow records with injected attacks
+(:func:`~ae_anomaly.data.synthetic_netflow.generate_netflow`), writes the clean period as the
 training flows and the rest as the fresh flows, trains the configured detector (``conv_ae``
-on per-host series in ``configs/flows_demo.yaml``), scores the fresh flows and upserts the
+on per-host series in ``configs/netflow_demo.yaml``), scores the fresh flows and upserts the
 events into the anomaly table. Sizes come from ``data.synthetic``: ``n_entities`` hosts,
 ``train_days`` of clean traffic followed by ``score_days`` with attacks, ``seed``.
 
-No MLflow run is made: the demo's model is saved under ``<home>/flows_demo/model`` and its
+No MLflow run is made: the demo's model is saved under ``<home>/netflow_demo/model`` and its
 events carry ``model_name`` = the configured registered model name and
 ``model_version`` ``"demo"``.
 """
@@ -23,18 +23,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ae_anomaly.calibration import Event
 from ae_anomaly.config import AppConfig, state_home
-from ae_anomaly.data.synthetic_flows import generate_flows
-from ae_anomaly.scoring.flows import (
-    FlowScoreResult,
-    fit_flow_detector,
-    load_flow_dataset,
-    load_flow_training_frame,
-    score_flow_inputs,
-    write_flow_events,
+from ae_anomaly.data.synthetic_netflow import generate_netflow
+from ae_anomaly.events import Event
+from ae_anomaly.records import ModelRef
+from ae_anomaly.scoring.netflow import (
+    NetflowScoreResult,
+    fit_netflow_detector,
+    load_netflow_dataset,
+    load_netflow_training_frame,
+    score_netflow_inputs,
+    write_netflow_events,
 )
-from ae_anomaly.scoring.job import ModelRef
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ START = "2024-01-01"
 
 
 @dataclass
-class FlowDemoData:
+class NetflowDemoData:
     """Where the flow demo's generated files are."""
 
     train: Path
@@ -56,18 +56,18 @@ class FlowDemoData:
         return [f"data.train={self.train}", f"data.score={self.score}"]
 
 
-def write_flow_demo_data(cfg: AppConfig, folder: Path | None = None) -> FlowDemoData:
+def write_netflow_demo_data(cfg: AppConfig, folder: Path | None = None) -> NetflowDemoData:
     """Generate synthetic NetFlow and write the clean and the attack period as CSV files.
 
     Writes ``train_flows.csv`` (the first ``train_days``, no attacks), ``fresh_flows.csv``
     (the following ``score_days`` with attacks) and ``injected_attacks.csv`` (one row per
-    attack: ``entity, kind, start, end``) into ``folder`` (default ``<home>/flows_demo``).
+    attack: ``entity, kind, start, end``) into ``folder`` (default ``<home>/netflow_demo``).
     """
     syn = cfg.data.synthetic
-    folder = folder or state_home() / "flows_demo"
+    folder = folder or state_home() / "netflow_demo"
     folder.mkdir(parents=True, exist_ok=True)
     days = syn.train_days + syn.score_days
-    flows, attacks = generate_flows(
+    flows, attacks = generate_netflow(
         n_hosts=syn.n_entities,
         days=days,
         seed=syn.seed,
@@ -75,7 +75,7 @@ def write_flow_demo_data(cfg: AppConfig, folder: Path | None = None) -> FlowDemo
         clean_fraction=syn.train_days / days,
     )
     split = pd.Timestamp(START) + pd.Timedelta(days=syn.train_days)
-    data = FlowDemoData(
+    data = NetflowDemoData(
         folder / "train_flows.csv", folder / "fresh_flows.csv", folder / ATTACKS_FILE, attacks
     )
     flows[flows["ts"] < split].to_csv(data.train, index=False)
@@ -119,33 +119,33 @@ def attack_recall(
     return {k: float(np.mean(v)) for k, v in hits.items()}
 
 
-def run_flow_demo(cfg: AppConfig, folder: Path | None = None) -> dict[str, Any]:
+def run_netflow_demo(cfg: AppConfig, folder: Path | None = None) -> dict[str, Any]:
     """Generate flows, train on the clean period, score the attack period, write events.
 
     Args:
-        cfg: the configuration (``configs/flows_demo.yaml``): ``data.flows`` names the flow
-            description, ``data.flow_mode`` the mode, ``data.synthetic`` the sizes.
-        folder: where the generated files and the model go (default ``<home>/flows_demo``).
+        cfg: the configuration (``configs/netflow_demo.yaml``): ``data.netflow`` names the flow
+            description, ``data.netflow_mode`` the mode, ``data.synthetic`` the sizes.
+        folder: where the generated files and the model go (default ``<home>/netflow_demo``).
 
     Returns:
-        A summary: ``data`` (:class:`FlowDemoData`), ``result`` (:class:`FlowScoreResult`),
+        A summary: ``data`` (:class:`NetflowDemoData`), ``result`` (:class:`NetflowScoreResult`),
         ``rows_written``, ``recall`` (per attack kind), ``threshold``, ``train_seconds``,
         ``seconds`` and ``model_path``.
     """
     start = time.perf_counter()
-    folder = folder or state_home() / "flows_demo"
-    data = write_flow_demo_data(cfg, folder)
+    folder = folder or state_home() / "netflow_demo"
+    data = write_netflow_demo_data(cfg, folder)
     cfg = cfg.model_copy(
         update={
             "data": cfg.data.model_copy(update={"train": str(data.train), "score": str(data.score)})
         }
     )
-    ds = load_flow_dataset(cfg.data)
-    det = fit_flow_detector(cfg, load_flow_training_frame(cfg))
+    ds = load_netflow_dataset(cfg.data)
+    det = fit_netflow_detector(cfg, load_netflow_training_frame(cfg))
     model_path = det.save(folder / "model")
     model = ModelRef(cfg.tracking.registered_model, "demo", "")
-    result: FlowScoreResult = score_flow_inputs(cfg, det, model)
-    written = write_flow_events(cfg, result)
+    result: NetflowScoreResult = score_netflow_inputs(cfg, det, model)
+    written = write_netflow_events(cfg, result)
     slack = ds.aggregate.step if ds.aggregate is not None else pd.Timedelta(0)
     recall = attack_recall(result.events, data.table, slack)
     seconds = time.perf_counter() - start
