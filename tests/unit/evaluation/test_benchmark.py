@@ -277,7 +277,8 @@ def test_benchmark_scores_are_what_production_writes(smd_dir: Path, post: list[s
     production code (Detector.fit / Detector.score) with the same settings."""
     from ae_anomaly.calibration import rule_from_config
     from ae_anomaly.detector import Detector
-    from ae_anomaly.evaluation.benchmark import Dataset, _ts_scores
+    from ae_anomaly.evaluation.benchmark import Dataset
+    from ae_anomaly.evaluation.benchmark.cells import _ts_scores
 
     settings = resolve_settings("smd", smd_dir, ["conv_ae"], overrides=[*TINY_AE, *post])
     ent = Dataset(settings).load("machine-a")
