@@ -398,11 +398,10 @@ def _run(args: argparse.Namespace) -> int:
         import numpy as np
         import pandas as pd
 
-        from ae_anomaly.detector import sample_windows
         from ae_anomaly.tracking import Tracker
 
         det, ref = Tracker(cfg.tracking).load(alias=args.alias)
-        wins = sample_windows(det, args.n, seed=args.seed)  # (n, C, L)
+        wins = det.sample_windows(args.n, seed=args.seed)  # (n, C, L)
         n, c, length = wins.shape
         frame = pd.DataFrame(wins.transpose(0, 2, 1).reshape(n * length, c),
                              columns=det.feature_names_)

@@ -348,11 +348,68 @@ class CVAEConfig(VAEConfig):
         return self
 
 
+BaselineScaler = Literal["config", "none", "standard", "robust", "minmax"]
+
+
+class PCAConfig(_Strict):
+    """PCA reconstruction error: the baseline every result is compared against.
+
+    Attributes:
+        variance: share of the training variance the kept components explain.
+        window: steps per sample (1: single steps; more: flattened windows, needed for a
+            univariate series); errors are overlap-averaged onto steps like the autoencoders'.
+        max_train_windows: most windows fitted on (thinned evenly).
+        scaler: ``config`` uses the ``preprocess`` section; ``none`` feeds the values as
+            they are (right for data that is already scaled, such as SMD).
+    """
+
+    name: Literal["pca"] = "pca"
+    variance: float = Field(0.99, gt=0, le=1)
+    window: int = Field(1, ge=1)
+    max_train_windows: int = Field(50_000, ge=100)
+    scaler: BaselineScaler = "config"
+
+
+class IForestConfig(_Strict):
+    """scikit-learn's IsolationForest on flattened windows (rows: one row per sample).
+
+    Attributes:
+        window: steps per sample; a step's score is the mean over the windows covering it.
+        n_estimators: trees.
+        max_samples: samples per tree.
+        max_train_windows: most windows fitted on (thinned evenly).
+        scaler: as for ``pca``.
+    """
+
+    name: Literal["iforest"] = "iforest"
+    window: int = Field(10, ge=1)
+    n_estimators: int = Field(100, ge=1)
+    max_samples: int = Field(256, ge=2)
+    max_train_windows: int = Field(20_000, ge=100)
+    scaler: BaselineScaler = "config"
+
+
+class RandomConfig(_Strict):
+    """Uniform random scores: the control every benchmark table shows (chance level)."""
+
+    name: Literal["random"] = "random"
+
+
+#: the baselines' model names (fitted without the training loop)
+BASELINE_NAMES = ("pca", "iforest", "random")
+
 ModelConfig = Annotated[
     ConvAEConfig | DenseAEConfig | DenoisingAEConfig | ContractiveAEConfig | VAEConfig
-    | RAEConfig | CVAEConfig,
+    | RAEConfig | CVAEConfig | PCAConfig | IForestConfig | RandomConfig,
     Field(discriminator="name"),
 ]
+
+
+def model_config(raw: dict[str, Any]) -> Any:
+    """Validate a ``model`` section (a mapping with ``name``) into its config class."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(ModelConfig).validate_python(raw)
 
 
 class TrainingConfig(_Strict):

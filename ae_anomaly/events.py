@@ -54,6 +54,8 @@ class Event:
         channel_error: per-channel errors summed over the event's flagged points, shape (C,).
         min_p_value: minimum p-value over the event's flagged points, when a p-value function
             was given.
+        key: what tells apart events of one entity that start at the same time (a flow
+            record's content hash for per-row events); None for series events.
     """
 
     entity: str
@@ -67,6 +69,7 @@ class Event:
     n_flagged: int
     channel_error: np.ndarray = field(repr=False)
     min_p_value: float | None = None
+    key: str | None = None
 
     @property
     def length(self) -> int:

@@ -20,11 +20,11 @@ import pyarrow.parquet as pq
 from ae_anomaly.config import AppConfig, expand_path, state_home
 from ae_anomaly.data.synthetic import generate_server_metrics
 from ae_anomaly.data.timeseries import list_data_files, read_smd, read_timeseries, smd_machines
-from ae_anomaly.detector import Detector
+from ae_anomaly.detectors import BaseDetector, build_detector
 from ae_anomaly.errors import ConfigError, ModelNotFoundError
 from ae_anomaly.records import ModelRef
 from ae_anomaly.scoring.incremental import IncrementalScorer, IncrementResult
-from ae_anomaly.scoring.job import score_files, to_records
+from ae_anomaly.scoring.job import ScoreResult, score_files, to_records
 from ae_anomaly.sinks import SqlSink
 from ae_anomaly.sources import (
     FileNotReady,
@@ -87,9 +87,9 @@ def load_training_frame(cfg: AppConfig) -> pd.DataFrame:
         raise ConfigError("data.train is not set: give a file or folder (--set data.train=PATH)")
     path = expand_path(cfg.data.train)
     if cfg.data.netflow:  # network flows: per-entity series (aggregate) or flow rows
-        from ae_anomaly.scoring.netflow import load_netflow_training_frame
+        from ae_anomaly.data.netflow import read_netflow_input
 
-        return load_netflow_training_frame(cfg)
+        return read_netflow_input(cfg, [cfg.data.train], training=True)[0]
     if cfg.data.format == "smd":
         frames = [read_smd(path, m, "train")[0] for m in smd_machines(path)]
         return pd.concat(frames, ignore_index=True)
@@ -104,14 +104,11 @@ def start_run(cfg: AppConfig, tracker: Tracker) -> str:
 
 
 def fit_detector(cfg: AppConfig, frame: pd.DataFrame, tracker: Tracker | None = None,
-                 run_id: str | None = None) -> Detector:
-    """Fit a detector; per-epoch losses go to the MLflow run when one is given."""
+                 run_id: str | None = None) -> BaseDetector:
+    """Fit the configured detector (:func:`~ae_anomaly.detectors.build_detector`); per-epoch
+    losses go to the MLflow run when one is given."""
     on_epoch = tracker.epoch_logger(run_id) if tracker and run_id else None
-    if cfg.data.netflow:
-        from ae_anomaly.scoring.netflow import fit_netflow_detector
-
-        return fit_netflow_detector(cfg, frame, on_epoch=on_epoch)
-    return Detector.from_config(cfg).fit(frame, on_epoch=on_epoch)
+    return build_detector(cfg).fit(frame, on_epoch=on_epoch)
 
 
 @dataclass
@@ -123,7 +120,7 @@ class Registration:
     calibration: dict[str, Any]
 
 
-def log_and_register(cfg: AppConfig, det: Detector, frame: pd.DataFrame, tracker: Tracker,
+def log_and_register(cfg: AppConfig, det: BaseDetector, frame: pd.DataFrame, tracker: Tracker,
                      run_id: str) -> Registration:
     """Log calibration statistics and the model, register it as ``challenger``; the first
     version of a model also becomes ``champion``."""
@@ -136,39 +133,38 @@ def log_and_register(cfg: AppConfig, det: Detector, frame: pd.DataFrame, tracker
 
 
 # ------------------------------------------------------------------------- scoring
-def score_inputs(cfg: AppConfig, det: Detector, paths: list[str] | None = None,
-                 model: ModelRef | None = None) -> Any:
-    """Score the configured (or given) files and folders with a detector.
+def score_inputs(cfg: AppConfig, det: BaseDetector, paths: list[str] | None = None,
+                 model: ModelRef | None = None) -> ScoreResult:
+    """Score the configured (or given) files and folders with a detector and find events.
 
-    Returns a :class:`ScoreResult`, or for network flows (``data.netflow``) a
-    ``NetflowScoreResult`` whose records already name ``model``.
+    Metric files are streamed chunk by chunk (bounded memory); network flows
+    (``data.netflow``) are read, turned into the detector's input (per-host series or
+    rows) and scored in memory. ``model`` is accepted for the flows' signature and unused.
     """
     targets = paths or ([cfg.data.score] if cfg.data.score else [])
     if not targets:
         raise ConfigError("data.score is not set: give a file or folder (--set data.score=PATH)")
     if cfg.data.netflow:
-        from ae_anomaly.scoring.netflow import score_netflow_inputs
+        from ae_anomaly.data.netflow import read_netflow_input
 
-        return score_netflow_inputs(cfg, det, model or ModelRef("unregistered", "0", ""), targets)
+        frame, files = read_netflow_input(cfg, targets)
+        found = det.find_events(frame, cfg.events, cfg.scoring.batch_size)
+        return ScoreResult(events=found.events, steps=found.steps, flagged=found.flagged,
+                           unscored=found.unscored, files=[str(f) for f in files])
     return score_files(det, [expand_path(p) for p in targets], cfg.data, cfg.events,
                        cfg.scoring, progress=cfg.training.progress)
 
 
-def write_events(cfg: AppConfig, det: Detector, model: ModelRef, result: Any) -> int:
+def write_events(cfg: AppConfig, det: BaseDetector, model: ModelRef, result: ScoreResult) -> int:
     """Write a scoring pass's events to the configured sink; returns rows inserted/changed."""
     sink = SqlSink(cfg.sink.url, cfg.sink.table)
-    if cfg.data.netflow:
-        return sink.write(result.records)
     return sink.write(to_records(result.events, det, model))
 
 
-def score_counts(result: Any) -> dict[str, Any]:
-    """Events, scored and flagged steps, and files of a batch scoring pass (either kind)."""
-    steps, flagged = result.steps, result.flagged
-    return {"events": len(result.events),
-            "steps": steps if isinstance(steps, int) else sum(steps.values()),
-            "flagged_steps": flagged if isinstance(flagged, int) else sum(flagged.values()),
-            "files": result.files}
+def score_counts(result: ScoreResult) -> dict[str, Any]:
+    """Events, scored and flagged steps (or rows), and files of a batch scoring pass."""
+    return {"events": len(result.events), "steps": sum(result.steps.values()),
+            "flagged_steps": sum(result.flagged.values()), "files": result.files}
 
 
 def read_events(cfg: AppConfig) -> pd.DataFrame:
@@ -214,7 +210,7 @@ def open_source(cfg: AppConfig, sink: SqlSink | None = None) -> SqlMetricsSource
                       "source.kind to 'folder' (with source.path) or 'sql' (with source.url)")
 
 
-def score_increment(cfg: AppConfig, det: Detector, model: ModelRef, job_id: str = "",
+def score_increment(cfg: AppConfig, det: BaseDetector, model: ModelRef, job_id: str = "",
                     backfill: tuple[str | None, str | None] | None = None,
                     entities: list[str] | None = None) -> IncrementResult:
     """Score every entity of the source from its watermark (or re-score a range).

@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ae_anomaly import pipeline
 from ae_anomaly.config import load_config
-from ae_anomaly.netflow_demo import NetflowDemoData, write_netflow_demo_data
+from ae_anomaly.data.synthetic_netflow import NetflowDemoData, write_netflow_demo_data
 from flows.score import score_flow
 from flows.train import train_flow
 

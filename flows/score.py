@@ -23,7 +23,7 @@ from prefect.runtime import flow_run
 
 from ae_anomaly import pipeline
 from ae_anomaly.config import AppConfig, load_config
-from ae_anomaly.detector import Detector
+from ae_anomaly.detectors import BaseDetector
 from ae_anomaly.records import ModelRef
 from ae_anomaly.scoring.incremental import IncrementResult
 from ae_anomaly.scoring.job import ScoreResult
@@ -51,19 +51,19 @@ def retry_options(cfg: AppConfig) -> dict[str, Any]:
 
 @task(name="load-champion", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
       retry_condition_fn=retry_transient)
-def load_champion(cfg: AppConfig) -> tuple[Detector, ModelRef]:
+def load_champion(cfg: AppConfig) -> tuple[BaseDetector, ModelRef]:
     return Tracker(cfg.tracking).load()
 
 
 @task(name="score-inputs", cache_policy=NO_CACHE)
-def score_inputs(cfg: AppConfig, det: Detector, paths: list[str] | None,
+def score_inputs(cfg: AppConfig, det: BaseDetector, paths: list[str] | None,
                  model: ModelRef) -> ScoreResult:
     return pipeline.score_inputs(cfg, det, paths, model)
 
 
 @task(name="write-events", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 10],
       retry_condition_fn=retry_transient)
-def write_events(cfg: AppConfig, det: Detector, model: ModelRef, result: ScoreResult) -> int:
+def write_events(cfg: AppConfig, det: BaseDetector, model: ModelRef, result: ScoreResult) -> int:
     return pipeline.write_events(cfg, det, model, result)
 
 
@@ -73,7 +73,7 @@ def ingest_landing(cfg: AppConfig, metrics: list[str]) -> IngestReport:
 
 
 @task(name="score-increment", cache_policy=NO_CACHE)
-def score_increment(cfg: AppConfig, det: Detector, model: ModelRef, job_id: str,
+def score_increment(cfg: AppConfig, det: BaseDetector, model: ModelRef, job_id: str,
                     backfill: tuple[str | None, str | None] | None) -> IncrementResult:
     return pipeline.score_increment(cfg, det, model, job_id, backfill)
 

@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ae_anomaly import pipeline
 from ae_anomaly.config import AppConfig, load_config
-from ae_anomaly.detector import Detector
+from ae_anomaly.detectors import BaseDetector
 from ae_anomaly.tracking import Tracker
 from ae_anomaly.tracking.promotion import PromotionDecision
 
@@ -22,12 +22,12 @@ def load_training_data(cfg: AppConfig) -> pd.DataFrame:
 
 
 @task(name="fit-detector", cache_policy=NO_CACHE)
-def fit_detector(cfg: AppConfig, frame: pd.DataFrame, run_id: str) -> Detector:
+def fit_detector(cfg: AppConfig, frame: pd.DataFrame, run_id: str) -> BaseDetector:
     return pipeline.fit_detector(cfg, frame, Tracker(cfg.tracking), run_id)
 
 
 @task(name="log-and-register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def log_and_register(cfg: AppConfig, det: Detector, frame: pd.DataFrame,
+def log_and_register(cfg: AppConfig, det: BaseDetector, frame: pd.DataFrame,
                      run_id: str) -> pipeline.Registration:
     return pipeline.log_and_register(cfg, det, frame, Tracker(cfg.tracking), run_id)
 

@@ -184,7 +184,7 @@ class ContextLoader:
         s_lo = max(0, lo - int(det.context_before))
         s_hi = min(len(ts), hi + int(det.context_after))
         part = full.iloc[s_lo:s_hi]
-        if len(part) < det.window.length:
+        if len(part) < det.min_samples:
             ctx.notes.append("Anomaly score not shown: fewer steps than one window.")
             return ctx
         try:

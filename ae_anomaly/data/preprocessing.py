@@ -58,3 +58,11 @@ class Scaler:
         s.center_ = None if d["center"] is None else np.asarray(d["center"], dtype=np.float64)
         s.scale_ = None if d["scale"] is None else np.asarray(d["scale"], dtype=np.float64)
         return s
+
+
+def identity_scaler(n_channels: int) -> Scaler:
+    """A fitted :class:`Scaler` that leaves values unchanged (no clipping)."""
+    s = Scaler("standard", None)
+    s.center_ = np.zeros(n_channels)
+    s.scale_ = np.ones(n_channels)
+    return s

@@ -4,10 +4,10 @@ Why a run can start in the middle of a series and still write what one pass over
 series would have written:
 
 * A step's score is *final* once the rows it depends on exist: ``A`` later rows
-  (:attr:`~ae_anomaly.detector.Detector.context_after`: ``L - 1`` for the windows covering
+  (:attr:`~ae_anomaly.detectors.BaseDetector.context_after`: ``L - 1`` for the windows covering
   it, ``L`` = ``window.length``, plus the smoothing ahead). Scoring the steps after a point
   needs the ``B`` rows before it as context
-  (:attr:`~ae_anomaly.detector.Detector.context_before`); their own scores are dropped. The
+  (:attr:`~ae_anomaly.detectors.BaseDetector.context_before`); their own scores are dropped. The
   newest ``A`` steps wait for the next run.
 * Event detection restarts cleanly after a step ``t`` when no step in ``[t - M, t]`` is
   flagged, ``M = max(merge_gap, n - 1, cooldown)``: then no event is open, the k-of-n
@@ -33,7 +33,7 @@ import pandas as pd
 
 from ae_anomaly.config import EventsConfig, ScoringConfig
 from ae_anomaly.data.timeseries import TS
-from ae_anomaly.detector import Detector
+from ae_anomaly.detectors import BaseDetector
 from ae_anomaly.events import Event, EventBuilder
 from ae_anomaly.records import EventRecord, IncrementWrite, ModelRef, Watermark
 from ae_anomaly.scoring.job import to_records
@@ -154,7 +154,7 @@ class IncrementalScorer:
         job_id: a label of this run stored with the watermarks.
     """
 
-    def __init__(self, detector: Detector, model: ModelRef, source: SqlMetricsSource,
+    def __init__(self, detector: BaseDetector, model: ModelRef, source: SqlMetricsSource,
                  sink: IncrementalSink, events_cfg: EventsConfig, scoring_cfg: ScoringConfig,
                  job_id: str = "") -> None:
         self.det = detector
@@ -347,8 +347,8 @@ class IncrementalScorer:
                     return None
                 k *= 4
                 continue
-            values = det.scaler_.transform(rows[self.metrics].to_numpy(np.float64))
-            if n < det.window.length:
+            values = det.transform(rows[self.metrics].to_numpy(np.float64))
+            if n < det.min_samples:
                 return None  # at_start here: the whole series is shorter than one window
             scores = det.score_values(values, self.scoring_cfg.batch_size,
                                       timestamps=rows[TS].to_numpy(), entity=entity)[0]

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ae_anomaly.config import DataConfig, EventsConfig, ScoringConfig
 from ae_anomaly.data.timeseries import ENTITY, TS, TimeSeriesReader, list_data_files
-from ae_anomaly.detector import Detector
+from ae_anomaly.detectors import BaseDetector
 from ae_anomaly.events import Event, EventBuilder
 from ae_anomaly.records import EventRecord, ModelRef
 from ae_anomaly.scoring.stream import StreamingScorer
@@ -37,7 +37,7 @@ class ScoreResult:
 
 
 def score_files(
-    detector: Detector,
+    detector: BaseDetector,
     paths: Iterable[str | Path],
     data_cfg: DataConfig,
     events_cfg: EventsConfig,
@@ -93,7 +93,7 @@ def score_files(
             if scorer.n_emitted < scorer.n_seen:
                 result.unscored[ent] = scorer.n_seen - scorer.n_emitted
                 log.warning("%s: entity '%s' has %d steps, fewer than one window (%d): not "
-                            "scored", f, ent, scorer.n_seen, detector.window.length)
+                            "scored", f, ent, scorer.n_seen, detector.min_samples)
     bar.close()
     return result
 
@@ -128,13 +128,17 @@ def check_file_schema(path: Path, features: list[str], data_cfg: DataConfig) -> 
     check_feature_schema(features, found, str(path))
 
 
-def event_id(model: ModelRef, entity: str, start_ts: pd.Timestamp) -> str:
-    """Deterministic id: the same model version, entity and start give the same id."""
-    key = f"{model.name}|{model.version}|{entity}|{pd.Timestamp(start_ts).isoformat()}"
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
+def event_id(model: ModelRef, entity: str, start_ts: pd.Timestamp,
+             key: str | None = None) -> str:
+    """Deterministic id: the same model version, entity and start (and key, for events of
+    one entity that may share a start, such as flagged flows) give the same id."""
+    raw = f"{model.name}|{model.version}|{entity}|{pd.Timestamp(start_ts).isoformat()}"
+    if key is not None:
+        raw += f"|{key}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
-def to_records(events: list[Event], detector: Detector, model: ModelRef,
+def to_records(events: list[Event], detector: BaseDetector, model: ModelRef,
                scored_at: datetime | None = None, is_open: bool = False) -> list[EventRecord]:
     """Event records for the sink, one per event (``is_open``: the events may still grow)."""
     scored_at = scored_at or datetime.now(UTC).replace(tzinfo=None)
@@ -143,7 +147,7 @@ def to_records(events: list[Event], detector: Detector, model: ModelRef,
         start = pd.Timestamp(ev.start_ts).to_pydatetime()
         threshold = detector.threshold_for(ev.entity)
         out.append(EventRecord(
-            event_id=event_id(model, ev.entity, ev.start_ts),
+            event_id=event_id(model, ev.entity, ev.start_ts, ev.key),
             entity=ev.entity,
             start_ts=start,
             end_ts=pd.Timestamp(ev.end_ts).to_pydatetime(),
@@ -153,7 +157,7 @@ def to_records(events: list[Event], detector: Detector, model: ModelRef,
             severity=float(ev.peak_score / threshold) if threshold > 0 else float("inf"),
             p_value=None if ev.min_p_value is None else float(ev.min_p_value),
             n_points=int(ev.n_flagged),
-            top_channels=ev.channel_shares(detector.feature_names_),
+            top_channels=ev.channel_shares(detector.channel_names),
             model_name=model.name,
             model_version=str(model.version),
             run_id=model.run_id,

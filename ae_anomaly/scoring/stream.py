@@ -2,7 +2,7 @@
 
 A step's score is final once the rows it depends on have arrived: ``context_after`` later
 rows (the windows that cover it, then the smoothing ahead; see
-:attr:`ae_anomaly.detector.Detector.context_after`), so a chunk's newest steps wait for the
+:attr:`ae_anomaly.detectors.BaseDetector.context_after`), so a chunk's newest steps wait for the
 next chunk, and ``context_before`` earlier rows are kept as context. The scores of a series
 are the same however it is cut into chunks (tested), and memory is bounded by the chunk size.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ae_anomaly.detector import Detector
+from ae_anomaly.detectors import BaseDetector
 
 
 class StreamingScorer:
@@ -23,12 +23,12 @@ class StreamingScorer:
         entity: the entity's name (context for conditional models).
     """
 
-    def __init__(self, detector: Detector, batch_size: int = 1024,
+    def __init__(self, detector: BaseDetector, batch_size: int = 1024,
                  entity: str | None = None) -> None:
         self.det = detector
         self.batch_size = batch_size
         self.entity = entity
-        self.length = detector.window.length
+        self.length = detector.min_samples
         self.before = detector.context_before
         self.after = detector.context_after
         self._ts: np.ndarray | None = None
@@ -56,7 +56,7 @@ class StreamingScorer:
     def push(self, ts: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray,
                                                                   np.ndarray]:
         """Add rows (raw values, (T, C)); returns (timestamps, scores, channel values)."""
-        scaled = self.det.scaler_.transform(values)
+        scaled = self.det.transform(values)
         self.n_seen += len(ts)
         if self._x is None:
             self._ts, self._x = np.asarray(ts), scaled
@@ -66,16 +66,16 @@ class StreamingScorer:
         end = len(self._x) - self.after
         block = len(self._x) - max(0, self._pending - self.before)
         if end <= self._pending or block < self.length:  # a block holds at least one window
-            return _empty(values.shape[1])
+            return _empty(len(self.det.channel_names))
         return self._emit(end)
 
     def flush(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Score the remaining steps (the series has ended)."""
         if self._x is None or self._pending >= len(self._x):
-            return _empty(len(self.det.feature_names_))
+            return _empty(len(self.det.channel_names))
         if len(self._x) < self.length:
             # Only possible when the whole series is shorter than one window.
-            return _empty(len(self.det.feature_names_))
+            return _empty(len(self.det.channel_names))
         return self._emit(len(self._x))
 
 

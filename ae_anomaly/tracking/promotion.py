@@ -34,7 +34,7 @@ from mlflow.exceptions import MlflowException
 
 from ae_anomaly.config import AppConfig, EventsConfig, PromotionConfig
 from ae_anomaly.data.timeseries import ENTITY, TS
-from ae_anomaly.detector import Detector
+from ae_anomaly.detectors import BaseDetector
 from ae_anomaly.errors import AeAnomalyError, ModelNotFoundError
 from ae_anomaly.evaluation.metrics import auc_pr, auc_roc, precision_recall_f1
 from ae_anomaly.events import find_events
@@ -47,7 +47,7 @@ CHALLENGER = "challenger"
 PREVIOUS = "previous"
 
 
-def load_version(tracker: Tracker, name: str, version: str) -> tuple[Detector, ModelRef]:
+def load_version(tracker: Tracker, name: str, version: str) -> tuple[BaseDetector, ModelRef]:
     """Load one registered version's detector (``models:/<name>/<version>``).
 
     Raises:
@@ -82,18 +82,18 @@ class ModelEval:
     quality: float | None = None
 
 
-def evaluate_detector(det: Detector, version: str, frame: pd.DataFrame,
+def evaluate_detector(det: BaseDetector, version: str, frame: pd.DataFrame,
                       labels: np.ndarray | None, events_cfg: EventsConfig,
                       metric: str = "auc_pr") -> ModelEval:
     """Score the window with one detector and summarise alerts, events and quality.
 
-    Entities shorter than the detector's window are left out.
+    Entities shorter than the detector's window (its ``min_samples``) are left out.
     """
     scores = np.full(len(frame), np.nan)
     thresholds = np.full(len(frame), np.nan)
     n_events, days = 0, 0.0
     for ent, idx in frame.groupby(ENTITY, sort=False).indices.items():
-        if len(idx) < det.window.length:
+        if len(idx) < det.min_samples:
             continue
         part = frame.iloc[idx]
         s = det.score(part)
@@ -106,7 +106,7 @@ def evaluate_detector(det: Detector, version: str, frame: pd.DataFrame,
     valid = ~np.isnan(scores)
     if not valid.any():
         raise AeAnomalyError(f"evaluation window too short: no entity has "
-                             f"{det.window.length} steps (the window length)")
+                             f"{det.min_samples} steps (the window length)")
     s = scores[valid]
     flagged = s > thresholds[valid]
     normal = np.ones(len(s), dtype=bool) if labels is None else ~labels[valid]

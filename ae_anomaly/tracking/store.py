@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -20,7 +19,7 @@ from mlflow.models import infer_signature  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from ae_anomaly.config import AppConfig, TrackingConfig, expand_path  # noqa: E402
-from ae_anomaly.detector import Detector  # noqa: E402
+from ae_anomaly.detectors import BaseDetector, load_detector  # noqa: E402
 from ae_anomaly.errors import ModelNotFoundError  # noqa: E402
 from ae_anomaly.records import ModelRef  # noqa: E402
 
@@ -37,14 +36,7 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context: Any) -> None:
-        path = Path(context.artifacts["detector"])
-        kind = json.loads((path / "config.json").read_text()).get("kind")
-        if kind == "tabular":  # a per-flow (row) detector
-            from ae_anomaly.tabular import TabularDetector
-
-            self.detector = TabularDetector.load(path)
-        else:
-            self.detector = Detector.load(path)
+        self.detector = load_detector(Path(context.artifacts["detector"]))
 
     def predict(self, context: Any, model_input: pd.DataFrame,
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -118,14 +110,12 @@ class Tracker:
         for k, v in flatten(data).items():
             self.client.log_param(run_id, k, str(v)[:6000])
 
-    def log_training(self, run_id: str, det: Detector) -> dict[str, Any]:
+    def log_training(self, run_id: str, det: BaseDetector) -> dict[str, Any]:
         """Log losses summary, calibration statistics and the score-distribution plot."""
-        report = det.rule_.report()
-        per_channel = getattr(det, "channel_thresholds", dict)()  # tabular models: none
-        if per_channel:
-            report["channel_thresholds"] = per_channel
+        report = det.calibration_report()
         metrics = {"threshold": det.threshold_, "best_epoch": det.history_.best_epoch,
-                   "train_seconds": det.history_.seconds, "n_train_windows": det.n_train_windows_}
+                   "train_seconds": det.history_.seconds,
+                   "n_train_samples": det.n_train_samples_}
         metrics.update({f"calibration.{k}": float(v) for k, v in report.items()
                         if isinstance(v, int | float) and not isinstance(v, bool)})
         for k, v in metrics.items():
@@ -138,11 +128,10 @@ class Tracker:
         return report
 
     # --------------------------------------------------------------- models
-    def log_detector(self, run_id: str, det: Detector, example: pd.DataFrame) -> ModelRef:
+    def log_detector(self, run_id: str, det: BaseDetector, example: pd.DataFrame) -> ModelRef:
         """Log the detector as a pyfunc model in the run and register a new version."""
         name = self.cfg.registered_model
-        window = det.window.length if hasattr(det, "window") else 1
-        example = example.head(max(2 * window, 8)).reset_index(drop=True)
+        example = example.head(max(2 * det.min_samples, 8)).reset_index(drop=True)
         out = pd.DataFrame({"score": np.zeros(len(example)),
                             "is_anomaly": np.zeros(len(example), dtype=bool)})
         signature = infer_signature(example, out)
@@ -160,6 +149,7 @@ class Tracker:
         version = str(info.registered_model_version)
         self.client.set_model_version_tag(name, version, "threshold", f"{det.threshold_:.6g}")
         self.client.set_model_version_tag(name, version, "model", det.model.name)
+        self.client.set_model_version_tag(name, version, "kind", det.kind)
         log.info("registered %s version %s", name, version)
         return ModelRef(name=name, version=version, run_id=run_id)
 
@@ -187,7 +177,7 @@ class Tracker:
         self.set_alias(alias, version)
         return True
 
-    def load(self, alias: str | None = None, name: str | None = None) -> tuple[Detector,
+    def load(self, alias: str | None = None, name: str | None = None) -> tuple[BaseDetector,
                                                                                 ModelRef]:
         """Load ``models:/<name>@<alias>`` through MLflow and return the detector.
 

@@ -16,7 +16,7 @@ from ae_anomaly.config import (
     WindowConfig,
 )
 from ae_anomaly.data.synthetic import generate_server_metrics
-from ae_anomaly.detector import Detector
+from ae_anomaly.detectors import AutoencoderDetector, load_detector
 from ae_anomaly.postprocess import Postprocessor, channel_quantiles, smooth_scores
 
 
@@ -87,8 +87,8 @@ def data():
                                                    score_days=0.5, anomalies_per_entity=0))
 
 
-def _detector(per_channel: bool) -> Detector:
-    return Detector(ConvAEConfig(channels=[8], latent_dim=4),
+def _detector(per_channel: bool) -> AutoencoderDetector:
+    return AutoencoderDetector(ConvAEConfig(channels=[8], latent_dim=4),
                     WindowConfig(length=16, train_stride=4),
                     training=TrainingConfig(epochs=2, progress=False),
                     calibration=CalibrationConfig(alpha=0.01, per_channel=per_channel),
@@ -121,6 +121,6 @@ def test_per_channel_detector_flags_a_quiet_channel_the_mean_misses(data, tmp_pa
     assert thr[col] == pytest.approx(scale[quiet] * det.threshold_)
     assert plain.channel_thresholds() == {}
     # the scales travel with the saved model
-    back = Detector.load(det.save(tmp_path / "pc"))
+    back = load_detector(det.save(tmp_path / "pc"))
     np.testing.assert_array_equal(back.postprocessor_.channel_scale, scale)
     np.testing.assert_array_equal(back.score(fresh), det.score(fresh))

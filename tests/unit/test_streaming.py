@@ -17,7 +17,7 @@ from ae_anomaly.config import (
     WindowConfig,
 )
 from ae_anomaly.data.synthetic import generate_server_metrics
-from ae_anomaly.detector import Detector
+from ae_anomaly.detectors import AutoencoderDetector, load_detector
 from ae_anomaly.errors import DataError
 from ae_anomaly.postprocess import Postprocessor
 from ae_anomaly.scoring.stream import StreamingScorer
@@ -27,7 +27,7 @@ from ae_anomaly.scoring.stream import StreamingScorer
 def fitted():
     data = generate_server_metrics(SyntheticConfig(n_entities=2, n_metrics=4, train_days=1,
                                                    score_days=0.5, anomalies_per_entity=2))
-    det = Detector(ConvAEConfig(channels=[8], latent_dim=4), WindowConfig(length=16,
+    det = AutoencoderDetector(ConvAEConfig(channels=[8], latent_dim=4), WindowConfig(length=16,
                    train_stride=4), training=TrainingConfig(epochs=2, progress=False))
     return det.fit(data.train), data
 
@@ -41,7 +41,7 @@ def test_threshold_fitted_once_and_frozen(fitted):
     assert det.rule_.report()["n_calibration"] == 2 * round(1440 * 0.2)
 
 
-def _with_postprocess(det: Detector, **kw) -> Detector:
+def _with_postprocess(det: AutoencoderDetector, **kw) -> AutoencoderDetector:
     """The fitted detector scoring with other post-processing (threshold left as is)."""
     other = copy.copy(det)
     scale = np.linspace(0.5, 2.0, len(det.feature_names_)) if kw.pop("scaled", None) else None
@@ -98,7 +98,7 @@ def test_channel_errors_point_at_the_broken_metric(fitted):
 def test_save_load_identical_scores(fitted, tmp_path):
     det, data = fitted
     det.save(tmp_path / "d")
-    back = Detector.load(tmp_path / "d")
+    back = load_detector(tmp_path / "d")
     np.testing.assert_array_equal(back.score(data.score), det.score(data.score))
     assert back.threshold_ == det.threshold_
     assert back.feature_names_ == det.feature_names_

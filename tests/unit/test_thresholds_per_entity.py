@@ -1,4 +1,4 @@
-"""Per-entity thresholds and the alert budget, through the Detector."""
+"""Per-entity thresholds and the alert budget, through the AutoencoderDetector."""
 
 import numpy as np
 import pytest
@@ -11,7 +11,7 @@ from ae_anomaly.config import (
     WindowConfig,
 )
 from ae_anomaly.data.synthetic import generate_server_metrics
-from ae_anomaly.detector import Detector
+from ae_anomaly.detectors import AutoencoderDetector, load_detector
 
 
 def fit(calibration: CalibrationConfig, data=None):
@@ -24,7 +24,7 @@ def fit(calibration: CalibrationConfig, data=None):
     rng = np.random.default_rng(0)
     train.loc[noisy, cols] += rng.normal(0, 3 * train.loc[noisy, cols].std().to_numpy(),
                                          (int(noisy.sum()), len(cols)))
-    det = Detector(ConvAEConfig(channels=[8], latent_dim=4), WindowConfig(length=16,
+    det = AutoencoderDetector(ConvAEConfig(channels=[8], latent_dim=4), WindowConfig(length=16,
                    train_stride=4), training=TrainingConfig(epochs=2, progress=False),
                    calibration=calibration)
     return det.fit(train), train
@@ -38,7 +38,7 @@ def test_per_entity_thresholds_differ_and_survive_save_load(tmp_path):
     flags = det.predict(train)
     assert flags.shape == (len(train),)
     det.save(tmp_path / "d")
-    back = Detector.load(tmp_path / "d")
+    back = load_detector(tmp_path / "d")
     assert back.threshold_for("server-02") == t2
     np.testing.assert_array_equal(back.predict(train), flags)
 

@@ -1,7 +1,8 @@
 """One benchmark cell, (model, entity, seed): build the model, score, evaluate.
 
 :func:`_build_ts_model` builds a time-series cell's detector (an autoencoder
-:class:`~ae_anomaly.detector.Detector` or a baseline), :func:`_ts_scores` /
+:class:`~ae_anomaly.detectors.BaseDetector` of any kind, built by
+:func:`~ae_anomaly.detectors.build_detector` exactly as production builds it), :func:`_ts_scores` /
 :func:`_tabular_scores` fit it and return the cell's :class:`CellScores` (calibration,
 check and test scores), :func:`evaluate_cell` fits every calibration of the run on them and
 computes the record's metrics. Seed ensembles (:func:`_ensemble`) combine the saved scores
@@ -22,12 +23,11 @@ import pandas as pd
 
 from ae_anomaly.calibration import rule_from_config
 from ae_anomaly.config import CalibrationConfig
-from ae_anomaly.evaluation.baselines import BASELINES, build_baseline
+from ae_anomaly.detectors import BaseDetector, build_detector
 from ae_anomaly.evaluation.benchmark.datasets import EntityData
 from ae_anomaly.evaluation.benchmark.settings import _MODEL_ADAPTER, TABULAR, BenchSettings
 from ae_anomaly.evaluation.metrics import evaluate
 from ae_anomaly.events import event_mask, find_events
-from ae_anomaly.postprocess import Postprocessor
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +45,28 @@ class CellScores:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _build_ts_model(name: str, seed: int, s: BenchSettings, calibration: CalibrationConfig):
-    if name in BASELINES:
-        return build_baseline(name, s.model_params[name], s.cfg.preprocess, calibration, seed)
-    from ae_anomaly.detector import Detector
+def _cell_config(name: str, seed: int, s: BenchSettings, calibration: CalibrationConfig,
+                 flow_ds: Any = None) -> Any:
+    """The run's configuration with the cell's model, seed and calibration (and, for flow
+    rows, the row layout)."""
+    update: dict[str, Any] = {
+        "model": _MODEL_ADAPTER.validate_python(s.model_params[name]),
+        "training": s.cfg.training.model_copy(update={"seed": seed}),
+        "calibration": calibration}
+    if flow_ds is not None:
+        update["data"] = s.cfg.data.model_copy(update={"netflow": flow_ds.name,
+                                                       "netflow_mode": "rows"})
+    return s.cfg.model_copy(update=update)
 
-    model_cfg = _MODEL_ADAPTER.validate_python(s.model_params[name])
-    training = s.cfg.training.model_copy(update={"seed": seed})
-    return Detector(model_cfg, s.cfg.window, s.cfg.preprocess, training, calibration,
-                    s.cfg.postprocess)
+
+def _build_ts_model(name: str, seed: int, s: BenchSettings,
+                    calibration: CalibrationConfig) -> BaseDetector:
+    return build_detector(_cell_config(name, seed, s, calibration))
+
+
+def _epochs(model: BaseDetector, extra: dict[str, Any]) -> None:
+    if model.history_.train_loss:  # baselines have no training epochs
+        extra["epochs"] = len(model.history_.train_loss)
 
 
 def _ts_scores(name: str, seed: int, ent: EntityData, s: BenchSettings) -> CellScores:
@@ -72,40 +85,23 @@ def _ts_scores(name: str, seed: int, ent: EntityData, s: BenchSettings) -> CellS
     model.fit(fc)
     train_s = time.perf_counter() - t0
     feats = model.feature_names_
-    n_cal = int(round(len(fc) * cal_frac))  # the slice Detector.fit held out
-
-    pp = s.cfg.postprocess
-    # Baselines get the same post-processing as the autoencoders, fitted on their
-    # calibration errors as Detector.fit does (no per-channel thresholds).
-    post = Postprocessor(pp)
-
-    def errors(rows: pd.DataFrame) -> np.ndarray:  # a baseline's step errors
-        scaled = model.scaler_.transform(rows[feats].to_numpy(np.float64))
-        if pp.errors == "causal":
-            return model.causal_errors(scaled, pp.causal_tail)
-        return model.score_values(scaled)[1]
+    n_cal = int(round(len(fc) * cal_frac))  # the slice the detector's fit held out
 
     def block(rows: pd.DataFrame) -> np.ndarray:
-        if name in BASELINES:
-            return post(errors(rows))[0]
         # what production writes (a conditional model needs the timestamps and the entity)
-        scaled = model.scaler_.transform(rows[feats].to_numpy(np.float64))
+        x = model.transform(rows[feats].to_numpy(np.float64))
         ts = rows["timestamp"].to_numpy() if "timestamp" in rows.columns else None
-        return model.score_values(scaled, timestamps=ts, entity=ent.name)[0]
+        return model.score_values(x, timestamps=ts, entity=ent.name)[0]
 
-    cal_rows = fc.iloc[len(fc) - n_cal:]
-    cal = post.fit([errors(cal_rows)])[0] if name in BASELINES else block(cal_rows)
+    cal = block(fc.iloc[len(fc) - n_cal:])
     check = None
-    min_len = getattr(getattr(model, "window", None), "length", 1)
-    if n_check >= max(min_len, 1):
+    if n_check >= model.min_samples:
         check = block(ent.train.iloc[n - n_check:])
     t1 = time.perf_counter()
     test = block(ent.test)
     score_s = time.perf_counter() - t1
     extra: dict[str, Any] = {"n_fit": len(fc) - n_cal, "n_cal": n_cal, "n_check": n_check}
-    hist = getattr(model, "history_", None)
-    if hist is not None:
-        extra["epochs"] = len(hist.train_loss)
+    _epochs(model, extra)
     return CellScores(cal, check, test, train_s, score_s, extra)
 
 
@@ -113,18 +109,7 @@ def _tabular_scores(name: str, seed: int, ent: EntityData, s: BenchSettings,
                     flow_ds: Any) -> CellScores:
     cal_cfg = s.cfg.calibration.model_copy(
         update={"calibration_fraction": s.bench.calibration_fraction})
-    if name in BASELINES:
-        from ae_anomaly.evaluation.baselines import TabularBaseline
-
-        model: Any = TabularBaseline(
-            build_baseline(name, s.model_params[name], s.cfg.preprocess, cal_cfg, seed),
-            flow_ds, cal_cfg, seed)
-    else:
-        from ae_anomaly.tabular import TabularDetector
-
-        model_cfg = _MODEL_ADAPTER.validate_python(s.model_params[name])
-        training = s.cfg.training.model_copy(update={"seed": seed})
-        model = TabularDetector(model_cfg, training, cal_cfg, flow_ds)
+    model = build_detector(_cell_config(name, seed, s, cal_cfg, flow_ds), dataset=flow_ds)
     t0 = time.perf_counter()
     model.fit(ent.train)
     train_s = time.perf_counter() - t0
@@ -133,9 +118,7 @@ def _tabular_scores(name: str, seed: int, ent: EntityData, s: BenchSettings,
     test = np.asarray(model.score(ent.test), dtype=np.float64)
     score_s = time.perf_counter() - t1
     extra: dict[str, Any] = {"n_cal": int(cal.size)}
-    hist = getattr(model, "history_", None)
-    if hist is not None:
-        extra["epochs"] = len(hist.train_loss)
+    _epochs(model, extra)
     return CellScores(cal, None, test, train_s, score_s, extra)
 
 

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from ae_anomaly.config import (
+    BASELINE_NAMES,
     AppConfig,
     CalibrationConfig,
     ModelConfig,
@@ -28,7 +29,6 @@ from ae_anomaly.config import (
     load_config,
 )
 from ae_anomaly.errors import ConfigError
-from ae_anomaly.evaluation.baselines import BASELINES, build_baseline
 
 DATASETS = ("smd", "nab", "nsl-kdd", "netflow")
 TABULAR = ("nsl-kdd", "netflow")
@@ -176,18 +176,18 @@ def resolve_settings(
 
     from ae_anomaly.models import available_models
 
-    known = set(available_models()) | set(BASELINES)
+    known = set(available_models()) | set(BASELINE_NAMES)
     for name in list(models) + list(user_models):
         if name not in known:
             raise ConfigError(f"unknown model '{name}'; models: {', '.join(sorted(known))}")
     model_params: dict[str, dict[str, Any]] = {}
     for name in models:
         items = def_models.get(name, []) + user_models.get(name, [])
-        if name in BASELINES:
+        if name in BASELINE_NAMES:
             params = apply_overrides({}, items)
             try:
-                model_params[name] = build_baseline(
-                    name, params, cfg.preprocess, cfg.calibration, 0).model.model_dump()
+                model_params[name] = _MODEL_ADAPTER.validate_python(
+                    {**params, "name": name}).model_dump()
             except ValidationError as err:
                 first = err.errors()[0]
                 raise ConfigError(f"models.{name}.{'.'.join(map(str, first['loc']))}: "

@@ -11,7 +11,6 @@ import pytest
 
 from ae_anomaly.cli import main
 from ae_anomaly.errors import ConfigError
-from ae_anomaly.evaluation.baselines import PCABaseline, PCABaselineConfig, build_baseline
 from ae_anomaly.evaluation.benchmark import RECORD_KEYS, resolve_settings, run_benchmark
 from ae_anomaly.evaluation.report import render
 from ae_anomaly.postprocess import reduce_channels, smooth_scores
@@ -160,14 +159,14 @@ def test_smoothing_and_channel_reduce_hand_computed() -> None:
 
 
 def test_pca_baseline_is_detector_shaped(smd_dir: Path) -> None:
-    from ae_anomaly.config import CalibrationConfig, PreprocessConfig
+    from ae_anomaly.config import CalibrationConfig, PCAConfig, PreprocessConfig
     from ae_anomaly.data.timeseries import read_smd
+    from ae_anomaly.detectors import SeriesBaseline
 
     train, _ = read_smd(smd_dir, "machine-a", "train")
     test, labels = read_smd(smd_dir, "machine-a", "test")
-    det = build_baseline("pca", {"variance": 0.9}, PreprocessConfig(),
-                         CalibrationConfig(alpha=0.01), seed=0).fit(train)
-    assert isinstance(det, PCABaseline) and isinstance(det.model, PCABaselineConfig)
+    det = SeriesBaseline(PCAConfig(variance=0.9), preprocess=PreprocessConfig(),
+                         calibration=CalibrationConfig(alpha=0.01)).fit(train)
     scores = det.score(test)
     assert scores.shape == (2000,) and np.isfinite(scores).all()
     # the threshold came from the held-out tail of the training data
@@ -276,7 +275,8 @@ def test_benchmark_scores_are_what_production_writes(smd_dir: Path, post: list[s
     """A cell's test scores and threshold equal those of a detector trained and scored by the
     production code (Detector.fit / Detector.score) with the same settings."""
     from ae_anomaly.calibration import rule_from_config
-    from ae_anomaly.detector import Detector
+    from ae_anomaly.detectors import AutoencoderDetector as Detector
+    from ae_anomaly.detectors import load_detector
     from ae_anomaly.evaluation.benchmark import Dataset
     from ae_anomaly.evaluation.benchmark.cells import _ts_scores
 
@@ -296,7 +296,7 @@ def test_benchmark_scores_are_what_production_writes(smd_dir: Path, post: list[s
     thr = rule_from_config(calibration).fit(cell.cal).threshold_
     assert thr == pytest.approx(det.threshold_, rel=1e-6)
     # and what a saved, reloaded model (the registry's) writes
-    back = Detector.load(det.save(tmp_path / "det"))
+    back = load_detector(det.save(tmp_path / "det"))
     np.testing.assert_array_equal(back.score(ent.test), det.score(ent.test))
 
 

@@ -14,7 +14,7 @@ from pydantic import TypeAdapter
 
 from ae_anomaly.config import ModelConfig, SyntheticConfig, TrainingConfig, WindowConfig
 from ae_anomaly.data.synthetic import SyntheticData, generate_server_metrics
-from ae_anomaly.detector import Detector
+from ae_anomaly.detectors import AutoencoderDetector
 
 SYNTH = SyntheticConfig(n_entities=1, n_metrics=4, train_days=1.5, score_days=0.5,
                         anomalies_per_entity=4)
@@ -31,9 +31,9 @@ def tiny_model_config(name: str, **overrides: Any) -> Any:
     return _ADAPTER.validate_python({"name": name, **keys, **overrides})
 
 
-def tiny_detector(model_cfg: Any) -> Detector:
+def tiny_detector(model_cfg: Any) -> AutoencoderDetector:
     """An unfitted detector with a short window and a few quick epochs."""
-    return Detector(model_cfg, WindowConfig(length=WINDOW, train_stride=4),
+    return AutoencoderDetector(model_cfg, WindowConfig(length=WINDOW, train_stride=4),
                     training=TrainingConfig(epochs=3, batch_size=64, lr=3e-3, seed=0,
                                             progress=False))
 
@@ -67,11 +67,11 @@ def spikes(synthetic: SyntheticData) -> SpikeFixture:
 
 
 @pytest.fixture(scope="session")
-def fitted(synthetic: SyntheticData) -> Callable[[str], Detector]:
+def fitted(synthetic: SyntheticData) -> Callable[[str], AutoencoderDetector]:
     """``fitted(name)``: the tiny detector of that model, fitted once and then shared."""
-    cache: dict[str, Detector] = {}
+    cache: dict[str, AutoencoderDetector] = {}
 
-    def get(name: str) -> Detector:
+    def get(name: str) -> AutoencoderDetector:
         if name not in cache:
             cache[name] = tiny_detector(tiny_model_config(name)).fit(synthetic.train)
         return cache[name]
@@ -86,6 +86,6 @@ def tiny_config() -> Callable[..., Any]:
 
 
 @pytest.fixture(scope="session")
-def make_detector() -> Callable[[Any], Detector]:
+def make_detector() -> Callable[[Any], AutoencoderDetector]:
     """``make_detector(model_cfg)``: see :func:`tiny_detector`."""
     return tiny_detector

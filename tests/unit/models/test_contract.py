@@ -7,13 +7,13 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from ae_anomaly.detector import Detector
+from ae_anomaly.detectors import AutoencoderDetector, load_detector
 from ae_anomaly.models import available_models, iter_batches
 
 MODELS = available_models()
 
 
-def _window_batch(det: Detector, frame) -> tuple[torch.Tensor, ...]:
+def _window_batch(det: AutoencoderDetector, frame) -> tuple[torch.Tensor, ...]:
     """Eight scaled windows of ``frame`` (with their context when the model needs one)."""
     values = det.scaler_.transform(frame[det.feature_names_].to_numpy(np.float64))
     x = torch.from_numpy(np.stack([values[i:i + det.window.length].T for i in range(8)]))
@@ -62,7 +62,7 @@ def test_score_shapes_and_eval_determinism(name, fitted, synthetic):
 def test_save_load_gives_identical_scores(name, fitted, synthetic, tmp_path):
     det = fitted(name)
     det.save(tmp_path / name)
-    back = Detector.load(tmp_path / name)
+    back = load_detector(tmp_path / name)
     assert back.threshold_ == det.threshold_
     np.testing.assert_array_equal(back.score(synthetic.score), det.score(synthetic.score))
 

@@ -8,7 +8,7 @@ import torch
 from sklearn.mixture import GaussianMixture
 
 from ae_anomaly.config import load_config
-from ae_anomaly.detector import Detector, sample_windows
+from ae_anomaly.detectors import load_detector
 from ae_anomaly.errors import AeAnomalyError, ConfigError, DataError
 from ae_anomaly.models import build_model
 from ae_anomaly.models.base import AEOutput
@@ -157,18 +157,18 @@ def test_rae_mixture_survives_save_load(fitted, tmp_path):
     assert set(buffers) >= {"gmm_means", "gmm_prec_chol", "gmm_log_weights",
                             "latent_nll_offset"}
     assert buffers["gmm_means"].abs().sum() > 0  # fitted, not the initial zeros
-    back = Detector.load(det.save(tmp_path / "rae"))
+    back = load_detector(det.save(tmp_path / "rae"))
     for k, v in back.network_.named_buffers():
         torch.testing.assert_close(v, buffers[k], rtol=0, atol=0)
 
 
 def test_rae_samples_windows(fitted):
     det = fitted("rae")
-    first = sample_windows(det, 5, seed=3)
+    first = det.sample_windows(5, seed=3)
     assert first.shape == (5, len(det.feature_names_), det.window.length)
     assert np.isfinite(first).all()
-    np.testing.assert_array_equal(first, sample_windows(det, 5, seed=3))
-    assert not np.array_equal(first, sample_windows(det, 5, seed=4))
+    np.testing.assert_array_equal(first, det.sample_windows(5, seed=3))
+    assert not np.array_equal(first, det.sample_windows(5, seed=4))
     # In the original units: near the training levels, not the scaled ones.
     center = det.scaler_.center_[None, :, None]
     scale = det.scaler_.scale_[None, :, None]
@@ -177,7 +177,7 @@ def test_rae_samples_windows(fitted):
 
 def test_sampling_needs_a_generative_model(fitted):
     with pytest.raises(AeAnomalyError, match="cannot generate"):
-        sample_windows(fitted("conv_ae"), 2)
+        fitted("conv_ae").sample_windows(2)
 
 
 # ---------------------------------------------------------------- cvae

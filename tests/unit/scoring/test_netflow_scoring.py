@@ -3,26 +3,41 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
+from ae_anomaly import pipeline
 from ae_anomaly.config import AppConfig, load_config
-from ae_anomaly.data.synthetic_netflow import generate_netflow
-from ae_anomaly.detector import Detector
+from ae_anomaly.data.netflow import read_netflow_input
+from ae_anomaly.data.synthetic_netflow import attack_recall, generate_netflow
+from ae_anomaly.detectors import AutoencoderDetector, RowAutoencoder
 from ae_anomaly.errors import ConfigError, DataError
-from ae_anomaly.netflow_demo import attack_recall, run_netflow_demo
 from ae_anomaly.records import ModelRef
-from ae_anomaly.scoring.netflow import (
-    fit_netflow_detector,
-    load_netflow_training_frame,
-    score_netflow_inputs,
-    write_netflow_events,
-)
+from ae_anomaly.scoring.job import to_records
 from ae_anomaly.sinks import SqlSink
-from ae_anomaly.tabular import TabularDetector
+
+
+def fit_netflow_detector(cfg: AppConfig, frame: pd.DataFrame):
+    """The training step every flow-mode test uses: the pipeline's own."""
+    return pipeline.fit_detector(cfg, frame)
+
+
+def load_netflow_training_frame(cfg: AppConfig) -> pd.DataFrame:
+    return pipeline.load_training_frame(cfg)
+
+
+def score_netflow_inputs(cfg: AppConfig, det, model: ModelRef, paths=None) -> SimpleNamespace:
+    """The pipeline's scoring step, with the records the sink would get."""
+    res = pipeline.score_inputs(cfg, det, paths, model)
+    return SimpleNamespace(events=res.events, records=to_records(res.events, det, model),
+                           n_scored=sum(res.steps.values()))
+
+
+def write_netflow_events(cfg: AppConfig, result: SimpleNamespace) -> int:
+    return SqlSink(cfg.sink.url, cfg.sink.table).write(result.records)
 
 REPO = Path(__file__).resolve().parents[3]
 NETFLOW = REPO / "configs" / "datasets" / "netflow.yaml"
@@ -109,7 +124,7 @@ def scans_and_dos(tmp_path_factory: pytest.TempPathFactory):
 
 def test_port_scans_and_dos_bursts_are_found_per_host(scans_and_dos) -> None:
     cfg, det, attacks = scans_and_dos
-    assert isinstance(det, Detector)
+    assert isinstance(det, AutoencoderDetector)
     assert set(det.feature_names_) == AGG_FEATURES
     result = score_netflow_inputs(cfg, det, MODEL)
     recall = attack_recall(result.events, attacks, pd.Timedelta("1min"))
@@ -148,9 +163,9 @@ def test_rows_mode_writes_one_event_per_flagged_flow(tmp_path: Path) -> None:
     train, score = _split(tmp_path, flows, pd.Timestamp("2024-01-01 12:00"))
     cfg = _cfg(tmp_path, NETFLOW, train, score, ROWS)
     det = fit_netflow_detector(cfg, load_netflow_training_frame(cfg))
-    assert isinstance(det, TabularDetector)
+    assert isinstance(det, RowAutoencoder)
     result = score_netflow_inputs(cfg, det, MODEL)
-    assert result.mode == "rows" and result.n_flows == result.steps
+    assert result.n_scored == len(pd.read_csv(score))
     exfil = flows[(flows["label"] == "exfiltration") & (flows["ts"] >= "2024-01-01 12:00")]
     flagged_times = {pd.Timestamp(r.start_ts) for r in result.records}
     assert set(exfil["ts"].dt.floor("us")) <= flagged_times
@@ -213,13 +228,13 @@ def test_unknown_protocol_goes_to_the_unseen_bucket(rows_model, tmp_path: Path) 
     cfg, det, _ = rows_model
     rows = [ROW.replace(",udp,", f",{p},") for p in ("udp", "gre", "QUIC", "")]
     result = _score_file(cfg, det, tmp_path, HEADER + "\n" + "\n".join(rows) + "\n")
-    assert result.n_flows == 4
+    assert result.n_scored == 4
 
 
 def test_missing_flow_description_is_a_config_error(tmp_path: Path) -> None:
     cfg = load_config(DEMO, ["data.netflow=null"])
     with pytest.raises(ConfigError, match="data.netflow is not set"):
-        load_netflow_training_frame(cfg)
+        read_netflow_input(cfg, [str(tmp_path)])
     cfg = load_config(DEMO, [f"data.netflow={tmp_path / 'nope.yaml'}"])
     with pytest.raises(ConfigError, match="not found"):
         load_netflow_training_frame(cfg)
@@ -302,28 +317,3 @@ def test_a_differently_shaped_data_set_works_from_yaml_alone(tmp_path: Path, mod
         names = {n for r in result.records for n in r.top_channels}
         assert names <= set(det.feature_names_)
         assert any(n.startswith(("dport=", "protocol=", "flags=")) for n in det.feature_names_)
-
-
-# --------------------------------------------------------------------------- demo
-def test_flow_demo_writes_events_for_the_attacks(home: Path) -> None:
-    cfg = load_config(
-        DEMO,
-        [
-            f"data.netflow={NETFLOW}",
-            "data.synthetic.n_entities=3",
-            "data.synthetic.train_days=0.5",
-            "data.synthetic.score_days=0.5",
-            "training.epochs=3",
-            "window.length=16",
-        ],
-    )
-    out = run_netflow_demo(cfg)
-    assert out["data"].train.is_file() and out["data"].attacks.is_file()
-    assert out["rows_written"] == len(out["result"].records) > 0
-    table = SqlSink(cfg.sink.url, cfg.sink.table).read()
-    assert len(table) == out["rows_written"]
-    assert (table["model_name"] == "ae-anomaly-netflow").all()
-    assert set(out["recall"]) <= {"port_scan", "dos", "exfiltration", "new_service"}
-    assert np.isfinite(out["threshold"])
-    again = run_netflow_demo(cfg)
-    assert again["rows_written"] == 0  # seeded: the same events, upserted
