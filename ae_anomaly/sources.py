@@ -46,7 +46,6 @@ from sqlalchemy import (
     distinct,
     func,
     select,
-    text,
 )
 from sqlalchemy import exc as sa_exc
 
@@ -58,8 +57,14 @@ from ae_anomaly.data.timeseries import (
     TS,
     TimeSeriesReader,
 )
+from ae_anomaly.db import (
+    insert_or_ignore,
+    make_engine,
+    transaction_lock,
+    upsert_statement,
+    utcnow,
+)
 from ae_anomaly.errors import AeAnomalyError, DataError
-from ae_anomaly.sinks.sql import insert_or_ignore, lock_key, make_engine, upsert_statement
 
 log = logging.getLogger(__name__)
 
@@ -454,9 +459,7 @@ class LandingFolder:
         self.staging = staging_table(md, src.staging_table)
         self.files = landing_files_table(md, src.staging_table)
         with engine.begin() as conn:  # concurrent runs: one creates, the others wait
-            if conn.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
-                             {"k": lock_key("staging", src.staging_table)})
+            transaction_lock(conn, "staging", src.staging_table)
             md.create_all(conn)
 
     def source(self, since: datetime | None = None) -> SqlMetricsSource:
@@ -549,7 +552,7 @@ class LandingFolder:
                 "rows": len(frame), "entities": int(ents),
                 "min_ts": frame[TS].min().to_pydatetime(),
                 "max_ts": frame[TS].max().to_pydatetime(),
-                "ingested_at": datetime.now(UTC).replace(tzinfo=None)}], ["name", "sha256"])
+                "ingested_at": utcnow()}], ["name", "sha256"])
             fresh = conn.execute(ins.returning(f.c.file_id)).first() is not None
             file_id = conn.execute(select(f.c.file_id).where(
                 f.c.name == path.name, f.c.sha256 == digest)).scalar_one()
