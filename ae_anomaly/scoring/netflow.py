@@ -47,7 +47,7 @@ from ae_anomaly.errors import ConfigError, DataError
 from ae_anomaly.events import Event, EventBuilder
 from ae_anomaly.records import EventRecord, ModelRef
 from ae_anomaly.scoring.job import ScoreResult, to_records
-from ae_anomaly.sinks import SqlSink
+from ae_anomaly.sinks import open_sink
 from ae_anomaly.tabular import TabularDetector
 
 log = logging.getLogger(__name__)
@@ -431,4 +431,4 @@ def score_netflow_inputs(
 
 def write_netflow_events(cfg: AppConfig, result: NetflowScoreResult) -> int:
     """Upsert a flow scoring pass's records into the configured anomaly table."""
-    return SqlSink(cfg.sink.url, cfg.sink.table).write(result.records)
+    return open_sink(cfg).write(result.records)
