@@ -18,11 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import time
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -72,35 +69,6 @@ _EXACT_COLUMNS = ("entity", "start_ts", "end_ts", "peak_ts", "n_points", "run_id
                   "model_name", "model_version")
 _REL_TOL = 1e-5
 _SHARE_TOL = 2e-3
-
-FAULT_ENV = "AE_ANOMALY_FAULT_STALL"
-FAULT_MARKER_ENV = "AE_ANOMALY_FAULT_MARKER"
-_fault_counts: dict[str, int] = {}
-
-
-def fault_point(name: str) -> None:
-    """Test hook: stall here when ``AE_ANOMALY_FAULT_STALL`` names this point.
-
-    The variable reads ``<point>:<nth>[:<seconds>]``: the ``nth`` time the process passes
-    ``point`` it writes ``AE_ANOMALY_FAULT_MARKER`` (when set) and sleeps, so a fault test
-    can kill the process at a known place. Points: ``in_txn`` (an entity's events are
-    written, its transaction not yet committed) and ``after_commit``.
-    """
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    point, nth, seconds = (spec.split(":") + ["1", "3600"])[:3]
-    if point != name:
-        return
-    _fault_counts[name] = _fault_counts.get(name, 0) + 1
-    if _fault_counts[name] != int(nth):
-        return
-    marker = os.environ.get(FAULT_MARKER_ENV)
-    if marker:
-        Path(marker).write_text(f"{name} {nth} {os.getpid()}\n")
-    log.warning("fault hook: stalling at %s #%s for %ss", name, nth, seconds)
-    time.sleep(float(seconds))
-
 
 # ------------------------------------------------------------------------- tables
 def events_table(metadata: MetaData, name: str = "anomaly_events") -> Table:
@@ -353,10 +321,8 @@ class SqlSink:
                     out.updated += 1
                     rows.append(row)
             self._execute_upserts(conn, rows)
-            fault_point("in_txn")
             if watermark is not None:
                 self._put_watermark(conn, model_name, entity, watermark)
-        fault_point("after_commit")
         return out
 
     def _put_watermark(self, conn: Connection, model_name: str, entity: str,
