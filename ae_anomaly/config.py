@@ -512,13 +512,16 @@ class ScoringConfig(_Strict):
 
 # --------------------------------------------------------------------------- outputs
 class SinkConfig(_Strict):
-    """Where flagged events are written (any SQLAlchemy URL).
+    """Where flagged events are written.
 
     Attributes:
+        kind: the kind of sink; ``sql``: an anomaly table (and its watermarks) in any
+            SQLAlchemy database (docs/schema.md).
         url: ``sqlite:///{home}/anomalies.db`` or ``postgresql+psycopg://user@host:5432/db``.
         table: the events table name.
     """
 
+    kind: Literal["sql"] = "sql"
     url: str = "sqlite:///{home}/anomalies.db"
     table: str = "anomaly_events"
 
@@ -561,7 +564,8 @@ class SourceConfig(_Strict):
 
     ``files`` scores ``data.score`` as a whole, once (the batch path of ``ae-anomaly
     score``). ``folder`` ingests the CSV/Parquet drops that land in ``path`` into a staging
-    table of the sink database, then scores from each entity's watermark. ``sql`` scores
+    table (in the database of ``staging_url``, by default the sink's), then scores from
+    each entity's watermark. ``sql`` scores
     from each entity's watermark in a raw metrics table (``url``, ``table``; wide or long
     form, column names from the ``data`` section).
 
@@ -578,7 +582,10 @@ class SourceConfig(_Strict):
         processed_dir: sub-folder of ``path`` that ingested files move to.
         quarantine_dir: sub-folder of ``path`` that invalid files move to, each with a
             ``<name>.reason.txt``.
-        staging_table: table of the sink database that holds ingested landing data.
+        staging_table: table that holds ingested landing data (``folder``).
+        staging_url: SQLAlchemy URL of the database holding ``staging_table``
+            (``folder``); default: ``sink.url``. The landing folder opens its own
+            connection to it, so the staging table may live apart from the anomaly table.
         retries: attempts after the first for transient errors (database unavailable,
             file still being written).
         retry_delay_seconds: first retry delay; doubled for each later retry.
@@ -595,6 +602,7 @@ class SourceConfig(_Strict):
     processed_dir: str = "processed"
     quarantine_dir: str = "quarantine"
     staging_table: str = "landing_metrics"
+    staging_url: str | None = None
     retries: int = Field(4, ge=0)
     retry_delay_seconds: float = Field(2.0, ge=0)
 

@@ -25,13 +25,12 @@ from ae_anomaly.errors import ConfigError, ModelNotFoundError
 from ae_anomaly.records import ModelRef
 from ae_anomaly.scoring.incremental import IncrementalScorer, IncrementResult
 from ae_anomaly.scoring.job import ScoreResult, score_files, to_records
-from ae_anomaly.sinks import SqlSink
+from ae_anomaly.sinks import open_sink
 from ae_anomaly.sources import (
     FileNotReady,
     IngestReport,
-    LandingFolder,
-    SqlMetricsSource,
-    open_sql_source,
+    open_landing,
+    open_source,
     parse_ts,
     pid_tag,
 )
@@ -157,7 +156,7 @@ def score_inputs(cfg: AppConfig, det: BaseDetector, paths: list[str] | None = No
 
 def write_events(cfg: AppConfig, det: BaseDetector, model: ModelRef, result: ScoreResult) -> int:
     """Write a scoring pass's events to the configured sink; returns rows inserted/changed."""
-    sink = SqlSink(cfg.sink.url, cfg.sink.table)
+    sink = open_sink(cfg)
     return sink.write(to_records(result.events, det, model))
 
 
@@ -169,15 +168,10 @@ def score_counts(result: ScoreResult) -> dict[str, Any]:
 
 def read_events(cfg: AppConfig) -> pd.DataFrame:
     """The anomaly table as a frame."""
-    return SqlSink(cfg.sink.url, cfg.sink.table).read()
+    return open_sink(cfg).read()
 
 
 # ------------------------------------------------------------------------- scheduled scoring
-def open_sink(cfg: AppConfig) -> SqlSink:
-    """The configured anomaly table (created or migrated on first use)."""
-    return SqlSink(cfg.sink.url, cfg.sink.table)
-
-
 def is_incremental(cfg: AppConfig) -> bool:
     """Whether scoring reads a watermarked source (``source.kind`` folder or sql)."""
     return cfg.source.kind in ("folder", "sql")
@@ -190,24 +184,11 @@ def ingest_landing(cfg: AppConfig, metrics: list[str] | None) -> IngestReport:
         FileNotReady: some files are still being written (after the others were ingested);
             a retry a little later takes them.
     """
-    sink = open_sink(cfg)
-    report = LandingFolder(cfg.source, cfg.data, sink.engine, metrics).ingest()
+    report = open_landing(cfg, metrics).ingest()
     if report.not_ready:
         raise FileNotReady(f"{len(report.not_ready)} landing file(s) still being written: "
                            f"{', '.join(report.not_ready[:5])}")
     return report
-
-
-def open_source(cfg: AppConfig, sink: SqlSink | None = None) -> SqlMetricsSource:
-    """The configured incremental source (the landing folder's staging table, or SQL)."""
-    if cfg.source.kind == "folder":
-        sink = sink or open_sink(cfg)
-        return LandingFolder(cfg.source, cfg.data, sink.engine).source(
-            since=parse_ts(cfg.source.since))
-    if cfg.source.kind == "sql":
-        return open_sql_source(cfg.source, cfg.data)
-    raise ConfigError("scheduled scoring reads a landing folder or a SQL table: set "
-                      "source.kind to 'folder' (with source.path) or 'sql' (with source.url)")
 
 
 def score_increment(cfg: AppConfig, det: BaseDetector, model: ModelRef, job_id: str = "",
@@ -225,7 +206,7 @@ def score_increment(cfg: AppConfig, det: BaseDetector, model: ModelRef, job_id: 
         entities: only these entities (default: all of the source).
     """
     sink = open_sink(cfg)
-    source = open_source(cfg, sink)
+    source = open_source(cfg)
     scorer = IncrementalScorer(det, model, source, sink, cfg.events, cfg.scoring,
                                job_id=job_id or pid_tag())
     if backfill is None:

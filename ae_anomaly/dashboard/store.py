@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import pandas as pd
@@ -32,7 +32,8 @@ from sqlalchemy import (
     select,
 )
 
-from ae_anomaly.sinks.sql import events_table, make_engine
+from ae_anomaly.db import make_engine, utcnow
+from ae_anomaly.sinks.sql import events_table
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +259,7 @@ class DashboardStore:
             raise KeyError(event_id)
         row = {"event_id": event_id, "kind": kind, "note": (note or None),
                "created_by": created_by or None,
-               "created_at": datetime.now(UTC).replace(tzinfo=None, microsecond=0)}
+               "created_at": utcnow().replace(microsecond=0)}
         with self.engine.begin() as conn:
             res = conn.execute(self.feedback.insert().values(row))
             fid = int(res.inserted_primary_key[0])

@@ -39,7 +39,7 @@ from ae_anomaly.records import EventRecord, IncrementWrite, ModelRef, Watermark
 from ae_anomaly.scoring.job import to_records
 from ae_anomaly.scoring.stream import StreamingScorer
 from ae_anomaly.sinks.base import IncrementalSink
-from ae_anomaly.sources import SqlMetricsSource, check_feature_schema
+from ae_anomaly.sources import Source, check_feature_schema
 
 log = logging.getLogger(__name__)
 
@@ -147,14 +147,14 @@ class IncrementalScorer:
     Args:
         detector: the fitted detector (the champion resolved at run start).
         model: which registered version it is.
-        source: where the metrics are read.
+        source: where the metrics are read (any :class:`~ae_anomaly.sources.Source`).
         sink: where events and watermarks are written.
         events_cfg: event rules.
         scoring_cfg: chunk and batch sizes.
         job_id: a label of this run stored with the watermarks.
     """
 
-    def __init__(self, detector: BaseDetector, model: ModelRef, source: SqlMetricsSource,
+    def __init__(self, detector: BaseDetector, model: ModelRef, source: Source,
                  sink: IncrementalSink, events_cfg: EventsConfig, scoring_cfg: ScoringConfig,
                  job_id: str = "") -> None:
         self.det = detector

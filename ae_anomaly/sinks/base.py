@@ -3,13 +3,16 @@
 Every sink has one method, ``write(records) -> int``, idempotent on ``event_id``. A sink that
 also keeps scoring watermarks (the SQL sink) implements :class:`IncrementalSink`: it writes
 one entity's events *and* its watermark in one transaction, so a watermark never runs ahead
-of the events written for it.
+of the events written for it, and reads its events back. ``ae_anomaly.sinks.open_sink``
+picks the configured one by ``sink.kind``.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Protocol
+
+import pandas as pd
 
 from ae_anomaly.records import EventRecord, IncrementWrite, Watermark
 
@@ -27,7 +30,11 @@ class Sink(Protocol):
 
 
 class IncrementalSink(Sink, Protocol):
-    """A sink that also stores per-(model name, entity) watermarks."""
+    """A sink that also stores per-(model name, entity) watermarks, and reads back."""
+
+    def read(self) -> pd.DataFrame:
+        """Every event written, one row each (for summaries and tests), newest first."""
+        ...
 
     def read_watermark(self, model_name: str, entity: str) -> Watermark | None:
         """The stored watermark, or None when the entity was never scored."""

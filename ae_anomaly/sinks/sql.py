@@ -15,15 +15,11 @@ watermark, in one transaction, serialised per (model name, entity) across proces
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import os
-import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 import pandas as pd
@@ -41,24 +37,29 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    create_engine,
     delete,
-    event,
     false,
     inspect,
     or_,
     select,
     text,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 
-from ae_anomaly.config import expand_path
+from ae_anomaly.db import (
+    make_engine,
+    read_schema_version,
+    record_schema_version,
+    transaction_lock,
+    upsert_statement,
+    utcnow,
+    version_table,
+)
 from ae_anomaly.records import EventRecord, IncrementWrite, Watermark
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
-VERSION_TABLE = "schema_version"
 CONTENT_COLUMNS = ("end_ts", "peak_ts", "peak_score", "threshold", "severity", "p_value",
                    "n_points", "top_channels", "run_id", "is_open")
 # Scores come from float32 networks: a re-computation over differently batched windows may
@@ -68,35 +69,6 @@ _EXACT_COLUMNS = ("entity", "start_ts", "end_ts", "peak_ts", "n_points", "run_id
                   "model_name", "model_version")
 _REL_TOL = 1e-5
 _SHARE_TOL = 2e-3
-
-FAULT_ENV = "AE_ANOMALY_FAULT_STALL"
-FAULT_MARKER_ENV = "AE_ANOMALY_FAULT_MARKER"
-_fault_counts: dict[str, int] = {}
-
-
-def fault_point(name: str) -> None:
-    """Test hook: stall here when ``AE_ANOMALY_FAULT_STALL`` names this point.
-
-    The variable reads ``<point>:<nth>[:<seconds>]``: the ``nth`` time the process passes
-    ``point`` it writes ``AE_ANOMALY_FAULT_MARKER`` (when set) and sleeps, so a fault test
-    can kill the process at a known place. Points: ``in_txn`` (an entity's events are
-    written, its transaction not yet committed) and ``after_commit``.
-    """
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    point, nth, seconds = (spec.split(":") + ["1", "3600"])[:3]
-    if point != name:
-        return
-    _fault_counts[name] = _fault_counts.get(name, 0) + 1
-    if _fault_counts[name] != int(nth):
-        return
-    marker = os.environ.get(FAULT_MARKER_ENV)
-    if marker:
-        Path(marker).write_text(f"{name} {nth} {os.getpid()}\n")
-    log.warning("fault hook: stalling at %s #%s for %ss", name, nth, seconds)
-    time.sleep(float(seconds))
-
 
 # ------------------------------------------------------------------------- tables
 def events_table(metadata: MetaData, name: str = "anomaly_events") -> Table:
@@ -157,17 +129,6 @@ def watermarks_table(metadata: MetaData, table: str = "anomaly_events") -> Table
     )
 
 
-def version_table(metadata: MetaData) -> Table:
-    """One row per anomaly table: the schema version its tables are at."""
-    return Table(
-        VERSION_TABLE,
-        metadata,
-        Column("name", String(256), primary_key=True),
-        Column("version", Integer, nullable=False),
-        Column("applied_at", DateTime, nullable=False),
-    )
-
-
 def _view_sql(conn: Connection, table: str) -> str:
     q = conn.dialect.identifier_preparer.quote
     t, v = q(table), q(view_name(table))
@@ -197,12 +158,6 @@ def _migrate_to_2(conn: Connection, table: str, md: MetaData) -> None:
 MIGRATIONS: dict[int, Callable[[Connection, str, MetaData], None]] = {2: _migrate_to_2}
 
 
-def lock_key(*parts: str) -> int:
-    """A signed 64-bit key for PostgreSQL advisory locks."""
-    digest = hashlib.sha256("|".join(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
 def ensure_schema(engine: Engine, table: str = "anomaly_events") -> None:
     """Create or migrate the anomaly table, its watermarks, the view and the version row.
 
@@ -214,12 +169,9 @@ def ensure_schema(engine: Engine, table: str = "anomaly_events") -> None:
     watermarks_table(md, table)
     versions = version_table(md)
     with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
-                         {"k": lock_key("schema", table)})
+        transaction_lock(conn, "schema", table)
         versions.create(conn, checkfirst=True)
-        current = conn.execute(select(versions.c.version)
-                               .where(versions.c.name == table)).scalar()
+        current = read_schema_version(conn, versions, table)
         if current is None:
             current = 1 if inspect(conn).has_table(table) else 0
         if current >= SCHEMA_VERSION:
@@ -233,65 +185,7 @@ def ensure_schema(engine: Engine, table: str = "anomaly_events") -> None:
         conn.execute(text(f"DROP VIEW IF EXISTS "
                           f"{conn.dialect.identifier_preparer.quote(view_name(table))}"))
         conn.execute(text(_view_sql(conn, table)))
-        conn.execute(delete(versions).where(versions.c.name == table))
-        conn.execute(versions.insert().values(name=table, version=SCHEMA_VERSION,
-                                              applied_at=_utcnow()))
-
-
-# ------------------------------------------------------------------------- engines
-def make_engine(url: str, immediate: bool = False) -> Engine:
-    """An engine for a configured URL (``{home}`` expanded; SQLite folders created).
-
-    Args:
-        url: SQLAlchemy URL.
-        immediate: SQLite only: start every transaction with ``BEGIN IMMEDIATE`` (take the
-            write lock up front), so concurrent writers queue instead of failing on a lock
-            upgrade. PostgreSQL sessions always use UTC.
-    """
-    url = expand_path(url) if url.startswith("sqlite") else url
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 60})
-        if immediate:
-            @event.listens_for(engine, "connect")
-            def _no_implicit_begin(dbapi_conn: Any, _record: Any) -> None:
-                dbapi_conn.isolation_level = None
-
-            @event.listens_for(engine, "begin")
-            def _begin_immediate(conn: Connection) -> None:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-        return engine
-    if url.startswith("postgresql"):
-        return create_engine(url, pool_pre_ping=True,
-                             connect_args={"options": "-c timezone=UTC", "connect_timeout": 10})
-    return create_engine(url, pool_pre_ping=True)
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-def upsert_statement(engine: Engine, table: Table, rows: list[dict[str, Any]],
-                     keys: list[str], update: list[str], where: Any = None) -> Any:
-    """``INSERT ... ON CONFLICT (keys) DO UPDATE`` for SQLite and PostgreSQL."""
-    dialect = engine.dialect.name
-    mod = {"sqlite": sqlite, "postgresql": postgresql}.get(dialect)
-    if mod is None:
-        raise NotImplementedError(f"upsert is not implemented for {dialect}")
-    stmt = mod.insert(table).values(rows)
-    ex = stmt.excluded
-    return stmt.on_conflict_do_update(index_elements=keys, set_={c: ex[c] for c in update},
-                                      where=where(ex) if where is not None else None)
-
-
-def insert_or_ignore(engine: Engine, table: Table, rows: list[dict[str, Any]],
-                     keys: list[str]) -> Any:
-    """``INSERT ... ON CONFLICT (keys) DO NOTHING`` for SQLite and PostgreSQL."""
-    mod = {"sqlite": sqlite, "postgresql": postgresql}.get(engine.dialect.name)
-    if mod is None:
-        raise NotImplementedError(f"insert-or-ignore is not implemented for "
-                                  f"{engine.dialect.name}")
-    return mod.insert(table).values(rows).on_conflict_do_nothing(index_elements=keys)
+        record_schema_version(conn, versions, table, SCHEMA_VERSION)
 
 
 def _materially_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
@@ -355,12 +249,6 @@ class SqlSink:
         return n
 
     # --------------------------------------------------------------- watermarks
-    def _lock(self, conn: Connection, model_name: str, entity: str) -> None:
-        # SQLite: BEGIN IMMEDIATE already holds the database's write lock.
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
-                         {"k": lock_key(self.table.name, model_name, entity)})
-
     def _watermark(self, conn: Connection, model_name: str, entity: str) -> Watermark | None:
         w = self.watermarks
         row = conn.execute(select(w).where(w.c.model_name == model_name,
@@ -401,7 +289,7 @@ class SqlSink:
             if r.model_name != model_name or r.entity != entity:
                 raise ValueError(f"record {r.event_id} is not of {model_name}/{entity}")
         with self.engine.begin() as conn:
-            self._lock(conn, model_name, entity)
+            transaction_lock(conn, self.table.name, model_name, entity)
             current = self._watermark(conn, model_name, entity)
             if check_expected and _position(current) != _position(expected):
                 ahead = (current is not None and watermark is not None
@@ -433,10 +321,8 @@ class SqlSink:
                     out.updated += 1
                     rows.append(row)
             self._execute_upserts(conn, rows)
-            fault_point("in_txn")
             if watermark is not None:
                 self._put_watermark(conn, model_name, entity, watermark)
-        fault_point("after_commit")
         return out
 
     def _put_watermark(self, conn: Connection, model_name: str, entity: str,
@@ -445,7 +331,7 @@ class SqlSink:
                "resume_after_ts": wm.resume_after, "scored_through_ts": wm.scored_through,
                "read_through_ts": wm.read_through, "source_seq": wm.source_seq,
                "model_version": wm.model_version,
-               "job_id": wm.job_id[:128], "updated_at": wm.updated_at or _utcnow()}
+               "job_id": wm.job_id[:128], "updated_at": wm.updated_at or utcnow()}
         cols = [c for c in row if c not in ("model_name", "entity")]
         conn.execute(upsert_statement(self.engine, self.watermarks, [row],
                                       ["model_name", "entity"], cols))

@@ -36,6 +36,7 @@ PG_HINT = ("run `make test` (scripts/run_tests.sh starts a throwaway server from
            "AE_ANOMALY_TEST_PG_URL=postgresql+psycopg://USER@HOST:PORT/DB")
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
+SUPPORT = REPO / "tests" / "support"  # test-only modules a subprocess imports (faults.py)
 
 # The tiny pipeline every operations test uses: 2 servers x 4 metrics, window 16.
 TINY = {
@@ -324,6 +325,8 @@ def folder_config(store: Store, root: Path, db_url: str, **sections: Any) -> dic
 
 RUNNER = textwrap.dedent("""\
     import json, sys
+    import faults  # tests/support: AE_ANOMALY_FAULT_STALL hooks, outside the library
+    faults.install_from_env()
     from ae_anomaly.environment import apply_quiet_defaults
     apply_quiet_defaults()
     from ae_anomaly import pipeline
@@ -371,6 +374,7 @@ def score_inprocess(raw: dict[str, Any], job: str = "test",
 def runner_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SUPPORT), env.get("PYTHONPATH")) if p)
     env.update(extra)
     return env
 
