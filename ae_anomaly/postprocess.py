@@ -1,6 +1,6 @@
 """From per-step, per-channel errors to the step score: one implementation for every path.
 
-The threshold's calibration (:meth:`ae_anomaly.detector.Detector.fit`), every production
+The threshold's calibration (:meth:`ae_anomaly.detectors.BaseDetector.fit`), every production
 scoring path (batch, streaming, incremental, the pyfunc model, the dashboard) and the
 benchmark turn errors into scores here, configured by the ``postprocess`` section and
 frozen with the model, so the benchmark measures what production writes.

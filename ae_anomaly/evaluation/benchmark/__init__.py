@@ -15,7 +15,7 @@ Protocol (time series: ``smd``, ``nab``):
   (``far_check``), which tells whether the threshold keeps its false-alarm promise on later
   normal data.
 * Scores: what production writes. An autoencoder scores through
-  :meth:`ae_anomaly.detector.Detector.score_values`, i.e. the config's ``postprocess``
+  :meth:`ae_anomaly.detectors.BaseDetector.score_values`, i.e. the config's ``postprocess``
   section (:mod:`ae_anomaly.postprocess`: ``errors: overlap`` or ``causal`` step errors,
   per-channel smoothing of ``smooth`` steps, per-channel thresholds with
   ``calibration.per_channel``, then the channel reduction). Baselines give per-step,
@@ -45,7 +45,7 @@ the median of its calibration scores, calibrated like any model; the per-seed sc
 kept in ``<output stem>.scores/`` so a resumed run can still form the ensemble.
 
 Tabular (``nsl-kdd``, ``flows``): one entity; autoencoders are
-:class:`ae_anomaly.tabular.TabularDetector` trained on the normal rows of the train split
+:class:`ae_anomaly.detectors.RowAutoencoder` (or a row baseline) trained on the normal rows of the train split
 (threshold on a held-out random share of them), baselines use the same feature pipeline;
 rows are scored independently (no smoothing, no events).
 

@@ -12,7 +12,7 @@ from datetime import datetime
 
 import pandas as pd
 import pytest
-from ae_anomaly.detector import Detector
+from ae_anomaly.detectors import build_detector
 from sqlalchemy import inspect
 
 from ae_anomaly.config import AppConfig, DataConfig
@@ -86,7 +86,7 @@ class FrameSource:
 def fitted():
     cfg = AppConfig.model_validate(TINY)
     data = generate_server_metrics(cfg.data.synthetic)
-    return Detector.from_config(cfg).fit(data.train), data.score
+    return build_detector(cfg).fit(data.train), data.score
 
 
 def _config(tmp_path, **sections) -> AppConfig:
