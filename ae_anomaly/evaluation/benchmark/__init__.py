@@ -44,9 +44,9 @@ the record ``<model>+ens`` (seed -1) scores the mean of the seeds' scores, each 
 the median of its calibration scores, calibrated like any model; the per-seed scores are
 kept in ``<output stem>.scores/`` so a resumed run can still form the ensemble.
 
-Tabular (``nsl-kdd``, ``flows``): one entity; autoencoders are
-:class:`ae_anomaly.detectors.RowAutoencoder` (or a row baseline) trained on the normal rows of the train split
-(threshold on a held-out random share of them), baselines use the same feature pipeline;
+Tabular (``nsl-kdd``, ``netflow``): one entity; row detectors
+(:class:`ae_anomaly.detectors.RowAutoencoder`, or a row baseline) are trained on the normal
+rows of the train split (threshold on a held-out random share of them);
 rows are scored independently (no smoothing, no events).
 
 The output JSON is the checkpoint: it is rewritten after every cell, and a rerun with the

@@ -12,13 +12,13 @@ from datetime import datetime
 
 import pandas as pd
 import pytest
-from ae_anomaly.detectors import build_detector
 from sqlalchemy import inspect
 
 from ae_anomaly.config import AppConfig, DataConfig
 from ae_anomaly.data.synthetic import generate_server_metrics
 from ae_anomaly.data.timeseries import ENTITY, TS
 from ae_anomaly.db import make_engine
+from ae_anomaly.detectors import BaseDetector, build_detector
 from ae_anomaly.records import ModelRef
 from ae_anomaly.scoring.incremental import IncrementalScorer
 from ae_anomaly.sinks import open_sink
@@ -94,7 +94,7 @@ def _config(tmp_path, **sections) -> AppConfig:
     return AppConfig.model_validate(raw)
 
 
-def _score(cfg: AppConfig, det: Detector, source: Source) -> pd.DataFrame:
+def _score(cfg: AppConfig, det: BaseDetector, source: Source) -> pd.DataFrame:
     sink = open_sink(cfg)
     scorer = IncrementalScorer(det, MODEL, source, sink, cfg.events, cfg.scoring, job_id="t")
     first = scorer.run()
