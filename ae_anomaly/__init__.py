@@ -10,6 +10,9 @@ neither torch nor MLflow nor Prefect; each name imports its module on first use)
     scores, flags = det.score(new_frame), det.predict(new_frame)
     det.save("my-detector"); det = aa.load_detector("my-detector")
 
+    trained = aa.train_and_register(cfg)   # MLflow run, registered model version
+    scored = aa.score_into_sink(cfg)       # champion -> events in the anomaly table
+
 See docs/api.md.
 """
 
@@ -19,6 +22,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ae_anomaly.api import ScoreSummary, TrainResult, score_into_sink, train_and_register
     from ae_anomaly.config import AppConfig, load_config
     from ae_anomaly.data.synthetic import generate_server_metrics
     from ae_anomaly.detectors import BaseDetector, build_detector, load_detector
@@ -30,17 +34,25 @@ _EXPORTS: dict[str, str] = {
     "BaseDetector": "ae_anomaly.detectors:BaseDetector",
     "build_detector": "ae_anomaly.detectors:build_detector",
     "load_detector": "ae_anomaly.detectors:load_detector",
+    "train_and_register": "ae_anomaly.api:train_and_register",
+    "score_into_sink": "ae_anomaly.api:score_into_sink",
+    "TrainResult": "ae_anomaly.api:TrainResult",
+    "ScoreSummary": "ae_anomaly.api:ScoreSummary",
     "generate_server_metrics": "ae_anomaly.data.synthetic:generate_server_metrics",
 }
 
 __all__ = [
     "AppConfig",
     "BaseDetector",
+    "ScoreSummary",
+    "TrainResult",
     "__version__",
     "build_detector",
     "generate_server_metrics",
     "load_config",
     "load_detector",
+    "score_into_sink",
+    "train_and_register",
 ]
 
 
