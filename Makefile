@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -m pip install -q torch==2.13.0 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "is ignored" || true
-	$(BIN)/python -c "import torch, ae_anomaly, prefect, mlflow; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	$(BIN)/python -c "import torch, ae_anomaly, ae_anomaly_flows, prefect, mlflow; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
 setup: $(STAMP)

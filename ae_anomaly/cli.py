@@ -1,19 +1,34 @@
 """The ``ae-anomaly`` command.
 
-The CLI is the application's entry point, so it may start the Prefect flows in ``flows/``
-(imported lazily, inside the commands); the library modules below it never import Prefect.
+One small function per command (``cmd_train``, ``cmd_score``, ...), registered with its
+subparser through ``set_defaults(func=...)``; :func:`main` parses, sets up logging and turns
+user errors into one line. The CLI is the application's entry point, so it may start the
+Prefect flows of the package ``ae_anomaly_flows`` (the repository's ``flows/`` folder),
+imported lazily inside the commands, as torch and MLflow are: ``ae-anomaly --help`` stays
+fast. The library modules below it never import Prefect.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import logging
 import sys
 import textwrap
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from ae_anomaly.errors import AeAnomalyError
+
+if TYPE_CHECKING:
+    from ae_anomaly.config import AppConfig
+
+Command = Callable[[argparse.Namespace], int]
+FLOWS_PACKAGE = "ae_anomaly_flows"
 
 EPILOG = textwrap.dedent("""\
     Every command reads a YAML config (--config, default: built-in defaults) and takes
@@ -27,6 +42,7 @@ EPILOG = textwrap.dedent("""\
 """)
 
 
+# ------------------------------------------------------------------------- the parser
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", metavar="FILE",
                    help="YAML configuration file (see configs/); default: built-in defaults")
@@ -35,23 +51,17 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "--set training.epochs=5")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="ae-anomaly",
-        description="Autoencoder anomaly detection for server metrics and network flows: "
-                    "train on normal behaviour, calibrate the alarm threshold to a "
-                    "false-alarm budget, register in MLflow, score on a schedule and write "
-                    "flagged events to a database table.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="log progress details (and tracebacks on errors)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+def _command(sub: Any, name: str, func: Command, **kwargs: Any) -> argparse.ArgumentParser:
+    """Add subcommand ``name`` run by ``func``, with the options every command takes."""
+    p: argparse.ArgumentParser = sub.add_parser(name, **kwargs)
+    _common(p)
+    p.set_defaults(func=func)
+    return p
 
-    p = sub.add_parser(
-        "demo", help="run the whole pipeline on generated server metrics",
+
+def _add_demo(sub: Any) -> None:
+    p = _command(
+        sub, "demo", cmd_demo, help="run the whole pipeline on generated server metrics",
         description="Generate a realistic multi-server metrics data set with injected "
                     "anomalies, train a 1D-conv autoencoder (Prefect flow, MLflow-tracked), "
                     "calibrate its threshold, register it as 'champion', score the fresh "
@@ -59,89 +69,100 @@ def build_parser() -> argparse.ArgumentParser:
                     "network flows: generated NetFlow records with port scans, DoS bursts, "
                     "exfiltration and new services, aggregated into per-host series "
                     "(--netflow-config). Safe to re-run: events are upserted, never duplicated.")
-    _common(p)
     p.add_argument("--netflow-config", metavar="FILE", default="configs/netflow_demo.yaml",
                    help="network-flow part's config (default configs/netflow_demo.yaml)")
     p.add_argument("--no-netflow", action="store_true", help="skip the network-flow part")
 
-    p = sub.add_parser(
-        "train", help="train, calibrate, log and register a detector",
+
+def _add_train(sub: Any) -> None:
+    p = _command(
+        sub, "train", cmd_train, help="train, calibrate, log and register a detector",
         description="Train a detector on normal history, fit its threshold on a held-out "
                     "slice, log the run to MLflow and register a new model version. The "
                     "first version of a model gets the alias 'champion'.")
-    _common(p)
     p.add_argument("-i", "--input", metavar="PATH",
                    help="training data file or folder (overrides data.train)")
 
-    p = sub.add_parser(
-        "score", help="score data with the champion model and write events",
+
+def _add_score(sub: Any) -> None:
+    p = _command(
+        sub, "score", cmd_score, help="score data with the champion model and write events",
         description="Load models:/<name>@champion, score files in chunks, group flagged steps "
                     "into events and upsert them into the anomaly table. Re-running on the "
                     "same data leaves the table unchanged. With source.kind folder or sql "
                     "(configs/ops.yaml) and no --input: one scheduled run: ingest the landing "
                     "folder, then score every entity from its watermark.")
-    _common(p)
     p.add_argument("-i", "--input", metavar="PATH", action="append",
                    help="file or folder to score (repeatable; default data.score)")
 
-    p = sub.add_parser("events", help="show the events in the anomaly table",
-                       description="Print the newest events of the anomaly table.")
-    _common(p)
+
+def _add_events(sub: Any) -> None:
+    p = _command(sub, "events", cmd_events, help="show the events in the anomaly table",
+                 description="Print the newest events of the anomaly table.")
     p.add_argument("-n", "--limit", type=int, default=20, help="rows to show (default 20)")
 
-    p = sub.add_parser(
-        "calibrate", help="show the champion's calibration report",
+
+def _add_calibrate(sub: Any) -> None:
+    p = _command(
+        sub, "calibrate", cmd_calibrate, help="show the champion's calibration report",
         description="Print the calibration report of a registered model (default: the alias "
                     "'champion'): method, target alpha, calibration-set size, threshold, the "
                     "90%% interval of the false-alarm rate that this set size implies, and a "
                     "warning when the set is too small for alpha (fewer than 10/alpha "
                     "points). The same report is logged to MLflow with every training run "
                     "(calibration/report.json).")
-    _common(p)
     p.add_argument("--report", action="store_true", default=True,
                    help="print the report (the default and, for now, only action)")
     p.add_argument("--alias", default=None, help="registry alias to read (default champion)")
 
-    p = sub.add_parser(
-        "sample", help="generate normal-looking windows from a generative model",
+
+def _add_sample(sub: Any) -> None:
+    p = _command(
+        sub, "sample", cmd_sample,
+        help="generate normal-looking windows from a generative model",
         description="Decode draws from the latent model of a registered rae (the Gaussian "
                     "mixture fitted on its training codes) or vae (the prior) into new "
                     "windows in the original units, and write them as a wide CSV "
                     "(window, step, one column per metric). Useful to see what the model "
                     "thinks normal looks like, or to augment tests.")
-    _common(p)
     p.add_argument("-n", type=int, default=10, help="windows to generate (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
     p.add_argument("--alias", default=None, help="registry alias to read (default champion)")
     p.add_argument("-o", "--output", metavar="FILE", required=True, help="CSV file to write")
 
-    p = sub.add_parser("config", help="print the resolved configuration",
-                       description="Print the configuration after defaults, the file and "
-                                   "overrides are applied, as JSON.")
-    _common(p)
 
-    p = sub.add_parser(
-        "serve", help="serve the cron deployments against a Prefect server",
+def _add_config(sub: Any) -> None:
+    _command(sub, "config", cmd_config, help="print the resolved configuration",
+             description="Print the configuration after defaults, the file and "
+                         "overrides are applied, as JSON.")
+
+
+def _add_serve(sub: Any) -> None:
+    _command(
+        sub, "serve", cmd_serve, help="serve the cron deployments against a Prefect server",
         description="Register the 'score' and 'train' deployments (schedules from the "
                     "config's deployment section) with the Prefect API at PREFECT_API_URL "
                     "and run them as they come due. Stop with Ctrl-C. Start a server first: "
                     "prefect server start --host 127.0.0.1 (see docs/operations.md).")
-    _common(p)
 
-    p = sub.add_parser(
-        "backfill", help="re-score a time range of the incremental source",
+
+def _add_backfill(sub: Any) -> None:
+    p = _command(
+        sub, "backfill", cmd_backfill, help="re-score a time range of the incremental source",
         description="Re-score [--from, --to] of the scheduled source (source.kind folder or "
                     "sql) with the champion, replacing the model's events in the range "
                     "(widened to where no event is open). Idempotent; watermarks are not "
                     "moved. Use it after late data or a promotion.")
-    _common(p)
     p.add_argument("--from", dest="start", metavar="TIME",
                    help="start of the range, ISO 8601 UTC (default: the start of the data)")
     p.add_argument("--to", dest="end", metavar="TIME",
                    help="end of the range, ISO 8601 UTC (default: the newest data)")
 
-    p = sub.add_parser(
-        "promote", help="promote the challenger to champion if it passes the gates",
+
+def _add_promote(sub: Any) -> None:
+    p = _command(
+        sub, "promote", cmd_promote,
+        help="promote the challenger to champion if it passes the gates",
         description="Score the champion and the challenger on the same evaluation window "
                     "(promotion.eval_data, else the newest steps of the source, else "
                     "data.score), apply the gates of the promotion section (feature schema, "
@@ -149,29 +170,31 @@ def build_parser() -> argparse.ArgumentParser:
                     "shift), move 'champion' only if all pass (the former champion becomes "
                     "'previous'), record the decision as model-version tags and an MLflow "
                     "run, and print the table. Exits 1 when the challenger is rejected.")
-    _common(p)
     p.add_argument("--name", metavar="NAME",
                    help="registered model name (default tracking.registered_model)")
     p.add_argument("--challenger", metavar="VERSION",
                    help="version to evaluate (default: the 'challenger' alias)")
 
-    p = sub.add_parser(
-        "rollback", help="move champion back to the previous version",
+
+def _add_rollback(sub: Any) -> None:
+    p = _command(
+        sub, "rollback", cmd_rollback, help="move champion back to the previous version",
         description="Point 'champion' at the version aliased 'previous' (set by the last "
                     "promotion) and record the rollback; scheduled scoring uses it from its "
                     "next run.")
-    _common(p)
     p.add_argument("--name", metavar="NAME",
                    help="registered model name (default tracking.registered_model)")
 
-    p = sub.add_parser(
-        "dashboard", help="serve the ops dashboard of flagged events in a browser",
+
+def _add_dashboard(sub: Any) -> None:
+    p = _command(
+        sub, "dashboard", cmd_dashboard,
+        help="serve the ops dashboard of flagged events in a browser",
         description="Serve the built-in dashboard: open events (filterable), each event's "
                     "raw series and scores in context, alarm rate per day against the "
                     "budget, and acknowledge / false-positive feedback (kept in its own "
                     "table, exportable as CSV). Reads the anomaly table of sink.url (or "
                     "--db) and the raw data of data.score. Stop with Ctrl-C.")
-    _common(p)
     p.add_argument("--port", type=int, default=8050, help="port to listen on (default 8050)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1, this machine only)")
@@ -180,52 +203,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-scores", action="store_true",
                    help="do not load models from MLflow to recompute scores on event pages")
 
-    p = sub.add_parser(
-        "benchmark", help="measure models and baselines on a labelled benchmark dataset",
+
+BENCHMARK_DESCRIPTION = textwrap.dedent("""\
+    Fit each model on each entity's training data only, fit its threshold on a
+    held-out slice of that training data (never on test labels), score the test
+    data, turn flagged points into events with the config's event rules, and write
+    one record per (model, entity, seed) to --output: AUC-ROC, AUC-PR, point-wise
+    precision / recall / F1 at the calibrated threshold (no point-adjust), f1_pa
+    (point-adjusted, for comparison only), best_f1 (oracle threshold from the test
+    labels: an upper bound, not a result), event recall, the target alpha, the
+    realised alarm rate on normal test points (far_normal) and on a check slice at
+    the end of the training period (far_check), and timings; plus per-model means
+    in 'summary' (and NAB scores per profile for --dataset nab).
+
+    The output file is the checkpoint: it is rewritten after every cell, and running
+    the same command again skips the cells it holds (so an interrupted run resumes).
+
+    Datasets (--data-dir):
+      smd      SMD folder: train/, test/, test_label/ (machine-1-2.txt ...)
+      nab      NAB folder: data/<category>/<file>.csv, labels/combined_windows.json;
+               fitted on each file's first 15% (probationary period)
+      nsl-kdd  folder with KDDTrain+.txt / KDDTest+.txt (configs/datasets/nsl_kdd.yaml)
+      flows    any flow CSV/Parquet described by --dataset-config FILE
+
+    Models: registered autoencoders (conv_ae, dense_ae, vae, ...) and the baselines
+    pca (reconstruction error), iforest (IsolationForest on windows) and random.
+
+    --set takes config keys (training.epochs=10, window.length=32, model.latent_dim=8
+    for every autoencoder; the scoring keys production uses too: postprocess.smooth=10,
+    postprocess.smooth_mode=center, postprocess.channel_reduce=max,
+    postprocess.errors=causal, calibration.per_channel=true), benchmark keys
+    (bench.check_fraction=0.1, bench.calibration_fraction=0.1, bench.ensemble=true)
+    and per-model keys (models.pca.variance=0.95, models.vae.beta=2). Settings per
+    dataset and their defaults: docs/benchmarks.md.
+
+    Example, the SMD headline of docs/benchmarks.md (about 17 minutes on 2 shared
+    CPU cores):
+      ae-anomaly benchmark --dataset smd --data-dir ../shared/data/smd \\
+          --models conv_ae,pca,iforest,random --seeds 0,1,2 \\
+          --calibration conformal,k_sigma --alphas 0.01,0.001 \\
+          --set window.train_stride=4 --set bench.ensemble=true \\
+          --output bench-results/smd.json
+    Then: python -m ae_anomaly.evaluation.report bench-results/smd.json
+    (or make bench, which runs every benchmark and rewrites docs/benchmarks.md)""")
+
+
+def _add_benchmark(sub: Any) -> None:
+    p = _command(
+        sub, "benchmark", cmd_benchmark,
+        help="measure models and baselines on a labelled benchmark dataset",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=textwrap.dedent("""\
-            Fit each model on each entity's training data only, fit its threshold on a
-            held-out slice of that training data (never on test labels), score the test
-            data, turn flagged points into events with the config's event rules, and write
-            one record per (model, entity, seed) to --output: AUC-ROC, AUC-PR, point-wise
-            precision / recall / F1 at the calibrated threshold (no point-adjust), f1_pa
-            (point-adjusted, for comparison only), best_f1 (oracle threshold from the test
-            labels: an upper bound, not a result), event recall, the target alpha, the
-            realised alarm rate on normal test points (far_normal) and on a check slice at
-            the end of the training period (far_check), and timings; plus per-model means
-            in 'summary' (and NAB scores per profile for --dataset nab).
-
-            The output file is the checkpoint: it is rewritten after every cell, and running
-            the same command again skips the cells it holds (so an interrupted run resumes).
-
-            Datasets (--data-dir):
-              smd      SMD folder: train/, test/, test_label/ (machine-1-2.txt ...)
-              nab      NAB folder: data/<category>/<file>.csv, labels/combined_windows.json;
-                       fitted on each file's first 15% (probationary period)
-              nsl-kdd  folder with KDDTrain+.txt / KDDTest+.txt (configs/datasets/nsl_kdd.yaml)
-              flows    any flow CSV/Parquet described by --dataset-config FILE
-
-            Models: registered autoencoders (conv_ae, dense_ae, vae, ...) and the baselines
-            pca (reconstruction error), iforest (IsolationForest on windows) and random.
-
-            --set takes config keys (training.epochs=10, window.length=32, model.latent_dim=8
-            for every autoencoder; the scoring keys production uses too: postprocess.smooth=10,
-            postprocess.smooth_mode=center, postprocess.channel_reduce=max,
-            postprocess.errors=causal, calibration.per_channel=true), benchmark keys
-            (bench.check_fraction=0.1, bench.calibration_fraction=0.1, bench.ensemble=true)
-            and per-model keys (models.pca.variance=0.95, models.vae.beta=2). Settings per
-            dataset and their defaults: docs/benchmarks.md.
-
-            Example, the SMD headline of docs/benchmarks.md (about 17 minutes on 2 shared
-            CPU cores):
-              ae-anomaly benchmark --dataset smd --data-dir ../shared/data/smd \\
-                  --models conv_ae,pca,iforest,random --seeds 0,1,2 \\
-                  --calibration conformal,k_sigma --alphas 0.01,0.001 \\
-                  --set window.train_stride=4 --set bench.ensemble=true \\
-                  --output bench-results/smd.json
-            Then: python -m ae_anomaly.evaluation.report bench-results/smd.json
-            (or make bench, which runs every benchmark and rewrites docs/benchmarks.md)"""))
-    _common(p)
+        description=BENCHMARK_DESCRIPTION)
     p.add_argument("--dataset", required=True, choices=["smd", "nab", "nsl-kdd", "netflow"],
                    help="benchmark format of --data-dir")
     p.add_argument("--data-dir", required=True, metavar="DIR",
@@ -249,9 +277,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="FILE",
                    help="results JSON (also the checkpoint for resuming)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+SUBCOMMANDS = (_add_demo, _add_train, _add_score, _add_events, _add_calibrate, _add_sample,
+               _add_config, _add_serve, _add_backfill, _add_promote, _add_rollback,
+               _add_dashboard, _add_benchmark)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    from ae_anomaly import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="ae-anomaly",
+        description="Autoencoder anomaly detection for server metrics and network flows: "
+                    "train on normal behaviour, calibrate the alarm threshold to a "
+                    "false-alarm budget, register in MLflow, score on a schedule and write "
+                    "flagged events to a database table.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log progress details (and tracebacks on errors)")
+    parser.add_argument("--version", action="version", version=f"ae-anomaly {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
     return parser
 
 
+# ------------------------------------------------------------------------- logging
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -295,6 +350,55 @@ def _is_user_error_message(msg: str) -> bool:
     # repeat the one-line error main() prints.
     return any(f"ae_anomaly.errors.{n}" in msg or f"exception {n}:" in msg
                or f"exception: {n}:" in msg for n in _user_error_names())
+
+
+# ------------------------------------------------------------------------- helpers
+def bind_flows_package() -> None:
+    """Bind ``ae_anomaly_flows`` to the source checkout's ``flows/`` folder, if any.
+
+    The wheel (and an editable install) provide the repository's ``flows/`` folder as the
+    package ``ae_anomaly_flows``. When ``ae_anomaly`` is imported from a source checkout,
+    that checkout's folder is bound to the name, so the flows always match the library they
+    call, installed or not. Does nothing once the package is imported, or outside a checkout.
+    """
+    if FLOWS_PACKAGE in sys.modules:
+        return
+    root = Path(__file__).resolve().parents[1]
+    init = root / "flows" / "__init__.py"
+    if not ((root / "pyproject.toml").is_file() and init.is_file()):
+        return
+    spec = importlib.util.spec_from_file_location(
+        FLOWS_PACKAGE, init, submodule_search_locations=[str(init.parent)])
+    assert spec is not None and spec.loader is not None
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[FLOWS_PACKAGE] = package
+    try:
+        spec.loader.exec_module(package)
+    except BaseException:
+        del sys.modules[FLOWS_PACKAGE]
+        raise
+
+
+def flows_module(name: str) -> ModuleType:
+    """The module ``ae_anomaly_flows.<name>`` of the Prefect flows (see
+    :func:`bind_flows_package`)."""
+    bind_flows_package()
+    return importlib.import_module(f"{FLOWS_PACKAGE}.{name}")
+
+
+def _load_config(args: argparse.Namespace) -> tuple[AppConfig, list[str]]:
+    """The command's configuration and its overrides (``train --input`` is one); loaded
+    before any flow starts, so a config error fails fast, without Prefect."""
+    from ae_anomaly.config import load_config
+
+    overrides = list(args.overrides)
+    if args.command == "train" and args.input:
+        overrides.append(f"data.train={args.input}")
+    return load_config(args.config, overrides), overrides
+
+
+def _csv(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
 def _print_demo_summary(out: dict[str, Any]) -> None:
@@ -343,11 +447,175 @@ def _print_demo_summary(out: dict[str, Any]) -> None:
     print(f"State folder:    {state_home()}")
 
 
-def _csv(text: str | None) -> list[str]:
-    return [t.strip() for t in (text or "").split(",") if t.strip()]
+def _print_increment_notes(out: dict[str, Any]) -> None:
+    for name, reason in out.get("quarantined", []):
+        print(f"quarantined {name}: {reason}")
+    if out.get("skipped"):
+        print(f"left to a concurrent run: {', '.join(out['skipped'])}")
 
 
-def _benchmark(args: argparse.Namespace) -> int:
+# ------------------------------------------------------------------------- the commands
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``ae-anomaly demo``: the whole pipeline on generated data, then a summary."""
+    from ae_anomaly.config import resolve_config_path
+
+    _, overrides = _load_config(args)
+    demo_flow = flows_module("demo").demo_flow
+    netflow_config = None if args.no_netflow else resolve_config_path(args.netflow_config)
+    _print_demo_summary(demo_flow(args.config, overrides, netflow_config))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``ae-anomaly train``: train, calibrate, log and register (the train flow)."""
+    _, overrides = _load_config(args)
+    out = flows_module("train").train_flow(args.config, overrides)
+    print(f"registered {out['model_name']} v{out['model_version']} "
+          f"(run {out['run_id']}); threshold {out['threshold']:.4g}"
+          + ("; alias 'champion' set" if out["champion_set"] else ""))
+    warning = out["calibration"].get("warning")
+    if warning:
+        print(f"warning: {warning}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """``ae-anomaly score``: score with the champion and write events (the score flow)."""
+    _, overrides = _load_config(args)
+    out = flows_module("score").score_flow(args.config, overrides, args.input)
+    print(f"{out['model_name']} v{out['model_version']}: scored {out['steps']:,} steps, "
+          f"{out['events']} events, {out['rows_written']} rows inserted or changed")
+    _print_increment_notes(out)
+    return 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    """``ae-anomaly backfill``: re-score a time range of the incremental source."""
+    _, overrides = _load_config(args)
+    # "" is an open end; both open re-scores everything.
+    out = flows_module("score").score_flow(args.config, overrides,
+                                           backfill_from=args.start or "",
+                                           backfill_to=args.end or "")
+    print(f"{out['model_name']} v{out['model_version']}: re-scored {out['steps']:,} steps "
+          f"of {out['entities']} entities, {out['events']} events; {out['inserted']} "
+          f"inserted, {out['updated']} updated, {out['deleted']} deleted")
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """``ae-anomaly events``: the newest rows of the anomaly table."""
+    from ae_anomaly.pipeline import read_events
+
+    cfg, _ = _load_config(args)
+    df = read_events(cfg)
+    if df.empty:
+        print("no events in the table")
+        return 0
+    cols = ["entity", "start_ts", "end_ts", "severity", "peak_score", "model_version"]
+    print(df[cols].head(args.limit).to_string(index=False))
+    print(f"({len(df)} events in {cfg.sink.table})")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """``ae-anomaly calibrate``: a registered model's calibration report."""
+    cfg, _ = _load_config(args)
+    from ae_anomaly.calibration import format_report
+    from ae_anomaly.tracking import Tracker
+
+    det, ref = Tracker(cfg.tracking).load(alias=args.alias)
+    print(f"{ref.name} v{ref.version} ({det.model.name}, run {ref.run_id})")
+    print(format_report(det.rule_.report()))
+    per_channel = det.channel_thresholds()
+    if per_channel:
+        print("per-channel thresholds (a step alarms when any channel's smoothed error "
+              "exceeds its own):")
+        for name, thr in per_channel.items():
+            print(f"  {name}: {thr:.4g}")
+    for ent, rule in sorted(det.entity_rules_.items()):
+        r = rule.report()
+        print(f"  entity {ent}: threshold {r['threshold']:.4g} "
+              f"(n={r['n_calibration']})" + (f"  warning: {r['warning']}"
+                                             if r["warning"] else ""))
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """``ae-anomaly sample``: windows drawn from a generative model, as a wide CSV."""
+    cfg, _ = _load_config(args)
+    import numpy as np
+    import pandas as pd
+
+    from ae_anomaly.tracking import Tracker
+
+    det, ref = Tracker(cfg.tracking).load(alias=args.alias)
+    wins = det.sample_windows(args.n, seed=args.seed)  # (n, C, L)
+    n, c, length = wins.shape
+    frame = pd.DataFrame(wins.transpose(0, 2, 1).reshape(n * length, c),
+                         columns=det.feature_names_)
+    frame.insert(0, "step", np.tile(np.arange(length), n))
+    frame.insert(0, "window", np.repeat(np.arange(n), length))
+    frame.to_csv(args.output, index=False)
+    print(f"wrote {n} windows of {length} steps from {ref.name} v{ref.version} "
+          f"({det.model.name}) to {args.output}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """``ae-anomaly config``: the resolved configuration as JSON."""
+    cfg, _ = _load_config(args)
+    print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``ae-anomaly serve``: run the cron deployments against a Prefect server."""
+    _, overrides = _load_config(args)
+    flows_module("serve").serve_deployments(args.config, overrides)
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """``ae-anomaly promote``: exit 0 when the challenger became champion, 1 when not."""
+    cfg, _ = _load_config(args)
+    from ae_anomaly import pipeline
+    from ae_anomaly.tracking import Tracker
+
+    decision = pipeline.promote(cfg, Tracker(cfg.tracking), args.name, args.challenger)
+    print(decision.table())
+    print(f"decision recorded on v{decision.challenger_version} and in MLflow run "
+          f"{decision.run_id}")
+    return 0 if decision.promoted else 1
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """``ae-anomaly rollback``: champion back to the version aliased 'previous'."""
+    cfg, _ = _load_config(args)
+    from ae_anomaly.tracking import Tracker
+    from ae_anomaly.tracking.promotion import rollback
+
+    rb = rollback(Tracker(cfg.tracking), args.name)
+    print(f"{rb.name}: champion v{rb.demoted} -> v{rb.restored} (rolled back; "
+          f"MLflow run {rb.run_id})")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """``ae-anomaly dashboard``: serve the ops dashboard until Ctrl-C."""
+    cfg, _ = _load_config(args)
+    from ae_anomaly.dashboard.app import serve
+
+    if args.db:
+        cfg.sink.url = args.db
+    print(f"ae-anomaly dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)",
+          flush=True)
+    serve(cfg, host=args.host, port=args.port, compute_scores=not args.no_scores)
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    """``ae-anomaly benchmark``: models and baselines on a labelled data set."""
+    from ae_anomaly.config import resolve_config_path
     from ae_anomaly.errors import ConfigError
     from ae_anomaly.evaluation.benchmark import resolve_settings, run_benchmark
     from ae_anomaly.evaluation.report import summary_table
@@ -360,8 +628,9 @@ def _benchmark(args: argparse.Namespace) -> int:
     models = _csv(args.models)
     if not models or not seeds:
         raise ConfigError("--models and --seeds must not be empty")
+    dataset_config = args.dataset_config and resolve_config_path(args.dataset_config)
     settings = resolve_settings(args.dataset, args.data_dir, models, args.config,
-                                args.overrides, args.dataset_config,
+                                args.overrides, dataset_config,
                                 _csv(args.calibration) or None, alphas)
     data = run_benchmark(settings, args.output, models, seeds, _csv(args.entities) or None,
                          progress=not args.no_progress)
@@ -370,143 +639,15 @@ def _benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_increment_notes(out: dict[str, Any]) -> None:
-    for name, reason in out.get("quarantined", []):
-        print(f"quarantined {name}: {reason}")
-    if out.get("skipped"):
-        print(f"left to a concurrent run: {', '.join(out['skipped'])}")
-
-
+# ------------------------------------------------------------------------- entry point
 def _run(args: argparse.Namespace) -> int:
+    from ae_anomaly.config import resolve_config_path
     from ae_anomaly.environment import apply_quiet_defaults
 
     apply_quiet_defaults()
-    from ae_anomaly.config import load_config
-
-    if args.command == "benchmark":
-        return _benchmark(args)
-    overrides = list(args.overrides)
-    if getattr(args, "input", None):
-        if args.command == "train":
-            overrides.append(f"data.train={args.input}")
-    cfg = load_config(args.config, overrides)  # fail fast on config errors, before Prefect
-
-    if args.command == "config":
-        print(json.dumps(cfg.model_dump(mode="json"), indent=2))
-        return 0
-    if args.command == "sample":
-        import numpy as np
-        import pandas as pd
-
-        from ae_anomaly.tracking import Tracker
-
-        det, ref = Tracker(cfg.tracking).load(alias=args.alias)
-        wins = det.sample_windows(args.n, seed=args.seed)  # (n, C, L)
-        n, c, length = wins.shape
-        frame = pd.DataFrame(wins.transpose(0, 2, 1).reshape(n * length, c),
-                             columns=det.feature_names_)
-        frame.insert(0, "step", np.tile(np.arange(length), n))
-        frame.insert(0, "window", np.repeat(np.arange(n), length))
-        frame.to_csv(args.output, index=False)
-        print(f"wrote {n} windows of {length} steps from {ref.name} v{ref.version} "
-              f"({det.model.name}) to {args.output}")
-        return 0
-    if args.command == "calibrate":
-        from ae_anomaly.calibration import format_report
-        from ae_anomaly.tracking import Tracker
-
-        det, ref = Tracker(cfg.tracking).load(alias=args.alias)
-        print(f"{ref.name} v{ref.version} ({det.model.name}, run {ref.run_id})")
-        print(format_report(det.rule_.report()))
-        per_channel = det.channel_thresholds()
-        if per_channel:
-            print("per-channel thresholds (a step alarms when any channel's smoothed error "
-                  "exceeds its own):")
-            for name, thr in per_channel.items():
-                print(f"  {name}: {thr:.4g}")
-        for ent, rule in sorted(det.entity_rules_.items()):
-            r = rule.report()
-            print(f"  entity {ent}: threshold {r['threshold']:.4g} "
-                  f"(n={r['n_calibration']})" + (f"  warning: {r['warning']}"
-                                                 if r["warning"] else ""))
-        return 0
-    if args.command == "events":
-        from ae_anomaly.pipeline import read_events
-
-        df = read_events(cfg)
-        if df.empty:
-            print("no events in the table")
-            return 0
-        cols = ["entity", "start_ts", "end_ts", "severity", "peak_score", "model_version"]
-        print(df[cols].head(args.limit).to_string(index=False))
-        print(f"({len(df)} events in {cfg.sink.table})")
-        return 0
-    if args.command == "demo":
-        from flows.demo import demo_flow
-
-        netflow_config = None if args.no_netflow else args.netflow_config
-        _print_demo_summary(demo_flow(args.config, overrides, netflow_config))
-        return 0
-    if args.command == "train":
-        from flows.train import train_flow
-
-        out = train_flow(args.config, overrides)
-        print(f"registered {out['model_name']} v{out['model_version']} "
-              f"(run {out['run_id']}); threshold {out['threshold']:.4g}"
-              + ("; alias 'champion' set" if out["champion_set"] else ""))
-        warning = out["calibration"].get("warning")
-        if warning:
-            print(f"warning: {warning}")
-        return 0
-    if args.command == "score":
-        from flows.score import score_flow
-
-        out = score_flow(args.config, overrides, args.input)
-        print(f"{out['model_name']} v{out['model_version']}: scored {out['steps']:,} steps, "
-              f"{out['events']} events, {out['rows_written']} rows inserted or changed")
-        _print_increment_notes(out)
-        return 0
-    if args.command == "backfill":
-        from flows.score import score_flow
-
-        # "" is an open end; both open re-scores everything.
-        out = score_flow(args.config, overrides, backfill_from=args.start or "",
-                         backfill_to=args.end or "")
-        print(f"{out['model_name']} v{out['model_version']}: re-scored {out['steps']:,} steps "
-              f"of {out['entities']} entities, {out['events']} events; {out['inserted']} "
-              f"inserted, {out['updated']} updated, {out['deleted']} deleted")
-        return 0
-    if args.command in ("promote", "rollback"):
-        from ae_anomaly import pipeline
-        from ae_anomaly.tracking import Tracker
-        from ae_anomaly.tracking.promotion import rollback
-
-        tracker = Tracker(cfg.tracking)
-        if args.command == "rollback":
-            rb = rollback(tracker, args.name)
-            print(f"{rb.name}: champion v{rb.demoted} -> v{rb.restored} (rolled back; "
-                  f"MLflow run {rb.run_id})")
-            return 0
-        decision = pipeline.promote(cfg, tracker, args.name, args.challenger)
-        print(decision.table())
-        print(f"decision recorded on v{decision.challenger_version} and in MLflow run "
-              f"{decision.run_id}")
-        return 0 if decision.promoted else 1
-    if args.command == "serve":
-        from flows.serve import serve_deployments
-
-        serve_deployments(args.config, overrides)
-        return 0
-    if args.command == "dashboard":
-        from ae_anomaly.dashboard.app import serve
-
-        if args.db:
-            cfg.sink.url = args.db
-        print(f"ae-anomaly dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)",
-              flush=True)
-        serve(cfg, host=args.host, port=args.port, compute_scores=not args.no_scores)
-        return 0
-    raise AssertionError(args.command)  # pragma: no cover
+    if args.config:  # configs/... falls back to the copy shipped with the package
+        args.config = resolve_config_path(args.config)
+    return args.func(args)
 
 
 def main(argv: list[str] | None = None) -> int:

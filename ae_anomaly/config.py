@@ -709,6 +709,30 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return f"{source}: key '{loc}': {msg}{more}"
 
 
+def resolve_config_path(path: str | Path) -> str:
+    """``path``, or the copy of it shipped with the package when it does not exist here.
+
+    The wheel carries the repository's ``configs/`` folder (``ae_anomaly/configs``), so
+    ``configs/demo.yaml`` or ``configs/datasets/netflow.yaml`` work after ``pip install``
+    from any directory. A path that exists, or has no packaged copy, is returned unchanged.
+    """
+    p = Path(path)
+    parts = p.parts
+    if p.exists() or p.is_absolute() or len(parts) < 2 or parts[0] != "configs":
+        return str(path)
+    from importlib.util import find_spec
+
+    checkout = Path(__file__).resolve().parents[1]
+    # A source checkout's own configs/ (beside the package) first, then the packaged copy.
+    roots = [checkout / "configs"] if (checkout / "pyproject.toml").is_file() else []
+    spec = find_spec("ae_anomaly.configs")
+    roots += [Path(d) for d in (spec.submodule_search_locations or [])] if spec else []
+    for root in roots:
+        if root.joinpath(*parts[1:]).is_file():
+            return str(root.joinpath(*parts[1:]))
+    return str(path)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> AppConfig:
     """Load a YAML config file and apply ``key=value`` overrides.
 
@@ -727,7 +751,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     source = "defaults"
     if path is not None:
         source = str(path)
-        p = Path(path)
+        p = Path(resolve_config_path(path))
         if not p.is_file():
             raise ConfigError(f"{source}: config file not found")
         try:
@@ -745,6 +769,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if isinstance(raw.get("model"), dict):
         raw["model"].setdefault("name", "conv_ae")  # the default family
     try:
-        return AppConfig.model_validate(raw)
+        cfg = AppConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source)) from None
+    if cfg.data.netflow:  # a data set description named as configs/datasets/...
+        cfg.data.netflow = resolve_config_path(cfg.data.netflow)
+    return cfg

@@ -17,8 +17,9 @@ from prefect.cache_policies import NO_CACHE
 from ae_anomaly import pipeline
 from ae_anomaly.config import load_config
 from ae_anomaly.data.synthetic_netflow import NetflowDemoData, write_netflow_demo_data
-from flows.score import score_flow
-from flows.train import train_flow
+
+from .score import score_flow
+from .train import train_flow
 
 
 @task(name="generate-demo-data", cache_policy=NO_CACHE)

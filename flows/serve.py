@@ -1,6 +1,6 @@
 """Deployments for the score and train flows, served by this process.
 
-Run ``ae-anomaly serve -c configs/ops.yaml`` (or ``python -m flows.serve CONFIG``) with
+Run ``ae-anomaly serve -c configs/ops.yaml`` (or ``python -m ae_anomaly_flows.serve CONFIG``) with
 ``PREFECT_API_URL`` pointing at a Prefect server (``prefect server start --host
 127.0.0.1``); the schedules come from the config's ``deployment`` section and every run
 gets the config path and overrides as parameters. ``flows/prefect.yaml`` declares the same
@@ -17,8 +17,9 @@ from prefect import serve
 
 from ae_anomaly.config import load_config
 from ae_anomaly.errors import ConfigError
-from flows.score import score_flow
-from flows.train import train_flow
+
+from .score import score_flow
+from .train import train_flow
 
 START_SERVER = "prefect server start --host 127.0.0.1 --port 4200"
 

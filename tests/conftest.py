@@ -24,6 +24,12 @@ for key, value in {
 Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The flows are the package ae_anomaly_flows (the repository's flows/ folder): this
+# checkout's, whatever an editable install elsewhere points at.
+from ae_anomaly.cli import bind_flows_package  # noqa: E402
+
+bind_flows_package()
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

@@ -89,7 +89,7 @@ def test_sigkill_while_writing_then_next_run_equals_clean_run(request, kind, sto
 # --------------------------------------------------------------------------- 2. database down
 def test_database_down_then_back_during_retries_and_staying_down(pg_server, store, ops,
                                                                   tmp_path, prefect_harness):
-    from flows.score import score_flow
+    from ae_anomaly_flows.score import score_flow
 
     server = pg_server()
     server.start()

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_file_still_being_written_is_retried_with_backoff_then_ingested(
         store, ops, tmp_path, prefect_harness):
-    from flows.score import score_flow
+    from ae_anomaly_flows.score import score_flow
 
     url = f"sqlite:///{tmp_path}/a.db"
     landing = tmp_path / "landing"
@@ -49,7 +49,7 @@ def test_permanent_error_fails_at_once_with_a_clear_message(store, ops, tmp_path
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from flows.score import score_flow
+    from ae_anomaly_flows.score import score_flow
 
     url = f"sqlite:///{tmp_path}/raw.db"
     engine = create_engine(url)
@@ -95,7 +95,7 @@ def test_cli_score_and_backfill(store, ops, tmp_path, prefect_harness, capsys):
 
 
 def test_deployments_from_configs_and_prefect_yaml():
-    from flows.serve import build_deployments
+    from ae_anomaly_flows.serve import build_deployments
 
     deps = {d.name: d for d in build_deployments("configs/ops.yaml")}
     cfg = load_config("configs/ops.yaml")
@@ -114,8 +114,15 @@ def test_deployments_from_configs_and_prefect_yaml():
     for d in spec["deployments"]:
         path, func = d["entrypoint"].split(":")
         assert (REPO / path).exists()
-        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        # The entrypoint is a file of flows/, which installs as the package ae_anomaly_flows.
+        assert Path(path).parent.name == "flows"
+        module = importlib.import_module(f"ae_anomaly_flows.{Path(path).stem}")
         assert hasattr(module, func)
+        # Prefect loads it as a script, outside the package: no relative imports there.
+        from prefect.flows import load_flow_from_entrypoint
+
+        assert load_flow_from_entrypoint(str(REPO / d["entrypoint"])).name == getattr(
+            module, func).name
         assert (REPO / d["parameters"]["config"]).exists()
         load_config(REPO / d["parameters"]["config"], d["parameters"]["overrides"])
 

@@ -136,7 +136,7 @@ def test_unlabelled_window_uses_alert_budget_and_counts(registry, ops, tmp_path,
 def test_training_flow_registers_challengers_and_auto_promotes(ops, tmp_path, prefect_harness):
     from ae_anomaly.config import AppConfig
     from ae_anomaly.data.synthetic import generate_server_metrics
-    from flows.train import train_flow
+    from ae_anomaly_flows.train import train_flow
 
     raw = ops.tiny()
     raw["tracking"] = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",

@@ -22,8 +22,8 @@ FAST = ["training.epochs=12", "training.progress=false", "data.synthetic.train_d
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory, prefect_harness):
     """Train and score once (module scope): the tests below read what it wrote."""
-    from flows.score import score_flow
-    from flows.train import train_flow
+    from ae_anomaly_flows.score import score_flow
+    from ae_anomaly_flows.train import train_flow
 
     home = tmp_path_factory.mktemp("home")
     mp = pytest.MonkeyPatch()
@@ -83,7 +83,7 @@ def test_pyfunc_predict_returns_score_and_flag(demo_run):
 
 
 def test_rescoring_adds_and_changes_no_rows(demo_run):
-    from flows.score import score_flow
+    from ae_anomaly_flows.score import score_flow
 
     cfg = demo_run["cfg"]
     before = pipeline.read_events(cfg)
@@ -93,7 +93,7 @@ def test_rescoring_adds_and_changes_no_rows(demo_run):
 
 
 def test_second_training_keeps_champion(demo_run):
-    from flows.train import train_flow
+    from ae_anomaly_flows.train import train_flow
 
     out = train_flow(CONFIG, demo_run["ov"] + ["training.epochs=1"])
     assert out["model_version"] == "2" and not out["champion_set"]
@@ -148,7 +148,7 @@ def test_cli_sample_refuses_a_non_generative_model(demo_run, tmp_path):
 
 
 def test_cli_sample_writes_rae_windows(demo_run, tmp_path):
-    from flows.train import train_flow
+    from ae_anomaly_flows.train import train_flow
 
     ov = demo_run["ov"] + ["model.name=rae", "model.gmm_components=2", "training.epochs=2",
                            "tracking.registered_model=demo-rae"]
