@@ -22,7 +22,6 @@ def test_doc_has_one_example():
 
 # Branch-only marker: remove it once ae_anomaly.detectors (build_detector, load_detector)
 # is merged.
-@pytest.mark.xfail(strict=False, reason="needs ae_anomaly.detectors")
 @pytest.mark.slow  # about 30 s on 2 shared cores (MLflow logging and registration)
 def test_api_doc_example_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("AE_ANOMALY_HOME", str(tmp_path / "home"))
