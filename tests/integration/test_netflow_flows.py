@@ -22,12 +22,15 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "netflow_demo.yaml"
 
 
-@pytest.mark.parametrize(("mode", "kind", "extra"), [
-    ("aggregate", "series_autoencoder", ["window.length=16"]),
-    ("rows", "row_autoencoder", ["model.name=dense_ae"]),
+NETFLOW = REPO / "configs" / "datasets" / "netflow.yaml"
+
+
+@pytest.mark.parametrize(("mode", "kind", "config", "extra"), [
+    ("aggregate", "series_autoencoder", str(CONFIG), ["window.length=16"]),
+    ("rows", "row_autoencoder", None, [f"data.netflow={NETFLOW}", "model.name=dense_ae"]),
 ])
 def test_flows_train_register_and_score_through_prefect(
-        mode: str, kind: str, extra: list[str], home: Path, tmp_path: Path,
+        mode: str, kind: str, config: str | None, extra: list[str], home: Path, tmp_path: Path,
         prefect_harness) -> None:
     from ae_anomaly_flows.score import score_flow
     from ae_anomaly_flows.train import train_flow
@@ -41,18 +44,18 @@ def test_flows_train_register_and_score_through_prefect(
     overrides = [f"data.train={train}", f"data.score={score}", f"data.netflow_mode={mode}",
                  "training.epochs=2", "training.progress=false",
                  f"tracking.registered_model=netflow-{mode}", *extra]
-    out = train_flow(str(CONFIG), overrides)
+    out = train_flow(config, overrides)
     assert out["model_version"] == "1" and out["champion_set"]
-    cfg = load_config(str(CONFIG), overrides)
+    cfg = load_config(config, overrides)
     det, ref = Tracker(cfg.tracking).load()
     assert det.kind == kind and ref.version == "1"
 
-    first = score_flow(str(CONFIG), overrides)
+    first = score_flow(config, overrides)
     assert first["events"] > 0 and first["rows_written"] == first["events"]
     table = open_sink(cfg).read()
     mine = table[table["model_name"] == f"netflow-{mode}"]
     assert len(mine) == first["events"]
     assert set(mine["entity"]) <= {f"10.0.0.{i}" for i in range(1, 4)}
-    again = score_flow(str(CONFIG), overrides)
+    again = score_flow(config, overrides)
     assert again["rows_written"] == 0
     assert len(open_sink(cfg).read()) == len(table)
