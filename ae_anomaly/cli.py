@@ -44,6 +44,9 @@ EPILOG = textwrap.dedent("""\
 
 # ------------------------------------------------------------------------- the parser
 def _common(p: argparse.ArgumentParser) -> None:
+    # -v works before or after the command (SUPPRESS: absent here keeps the top level's)
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="log progress details (and tracebacks on errors)")
     p.add_argument("-c", "--config", metavar="FILE",
                    help="YAML configuration file (see configs/); default: built-in defaults")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
@@ -51,8 +54,70 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "--set training.epochs=5")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps prose paragraphs; keeps indented lines (the examples) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out = []
+        for para in text.split("\n\n"):
+            lines = para.splitlines()
+            if any(line.startswith("  ") for line in lines):
+                out.append("\n".join(indent + line for line in lines))
+            else:
+                out.append(textwrap.fill(" ".join(para.split()), width,
+                                         initial_indent=indent, subsequent_indent=indent))
+        return "\n\n".join(out)
+
+
+#: worked examples shown at the end of each command's --help
+EXAMPLES: dict[str, str] = {
+    "demo": """\
+  ae-anomaly demo                        # metrics and network flows, about 3 minutes
+  ae-anomaly demo --no-netflow           # server metrics only""",
+    "train": """\
+  ae-anomaly train -c configs/demo.yaml --input history.csv
+  ae-anomaly train -c configs/demo.yaml --input history/ --set model.name=vae
+  ae-anomaly train -c configs/demo.yaml --set calibration.alpha=0.01 --set training.epochs=5""",
+    "score": """\
+  ae-anomaly score -c configs/demo.yaml --input new_data.csv
+  ae-anomaly score -c configs/ops.yaml        # one scheduled run from the watermarks""",
+    "events": """\
+  ae-anomaly events -c configs/demo.yaml --since 6h --min-severity 2
+  ae-anomaly events -c configs/demo.yaml --entity server-01 --open
+  ae-anomaly events -c configs/demo.yaml --json -n 100 > events.json""",
+    "calibrate": """\
+  ae-anomaly calibrate -c configs/demo.yaml
+  ae-anomaly calibrate -c configs/demo.yaml --alias challenger""",
+    "sample": """\
+  ae-anomaly sample -c configs/demo.yaml --set model.name=rae -n 10 -o windows.csv""",
+    "config": """\
+  ae-anomaly config -c configs/demo.yaml                  # the resolved configuration
+  ae-anomaly config -c configs/demo.yaml --set calibration.alpha=0.01""",
+    "serve": """\
+  prefect server start --host 127.0.0.1 --port 4200 &
+  PREFECT_API_URL=http://127.0.0.1:4200/api ae-anomaly serve -c configs/ops.yaml""",
+    "backfill": """\
+  ae-anomaly backfill -c configs/ops.yaml --from 2026-11-30 --to 2026-12-01""",
+    "promote": """\
+  ae-anomaly promote -c configs/demo.yaml                 # challenger vs champion
+  ae-anomaly promote -c configs/demo.yaml --challenger 3""",
+    "rollback": """\
+  ae-anomaly rollback -c configs/demo.yaml                # champion back to 'previous'""",
+    "dashboard": """\
+  ae-anomaly dashboard -c configs/demo.yaml               # http://127.0.0.1:8050/
+  ae-anomaly dashboard -c configs/ops.yaml --port 8080""",
+    "benchmark": """\
+  ae-anomaly benchmark --dataset smd --data-dir ../shared/data/smd --entities machine-1-2 \\
+      --models conv_ae,pca,random --seeds 0 --output results.json""",
+}
+
+
 def _command(sub: Any, name: str, func: Command, **kwargs: Any) -> argparse.ArgumentParser:
-    """Add subcommand ``name`` run by ``func``, with the options every command takes."""
+    """Add subcommand ``name`` run by ``func``, with the options every command takes and
+    its examples."""
+    if name in EXAMPLES:
+        kwargs.setdefault("epilog", "examples:\n" + EXAMPLES[name])
+    kwargs.setdefault("formatter_class", _HelpFormatter)
     p: argparse.ArgumentParser = sub.add_parser(name, **kwargs)
     _common(p)
     p.set_defaults(func=func)
@@ -98,8 +163,21 @@ def _add_score(sub: Any) -> None:
 
 def _add_events(sub: Any) -> None:
     p = _command(sub, "events", cmd_events, help="show the events in the anomaly table",
-                 description="Print the newest events of the anomaly table.")
+                 description="Print the newest events of the anomaly table, filtered. Needs "
+                             "no model: it reads the table only, and starts fast.")
     p.add_argument("-n", "--limit", type=int, default=20, help="rows to show (default 20)")
+    p.add_argument("--entity", help="only this entity")
+    p.add_argument("--model", help="only this registered model name")
+    p.add_argument("--since", metavar="WHEN",
+                   help="only events ending at or after WHEN: a timestamp (2026-12-01T08:00, "
+                        "UTC) or a duration back from now (30min, 6h, 2d)")
+    p.add_argument("--min-severity", type=float, metavar="X",
+                   help="only events whose peak score / threshold is at least X")
+    p.add_argument("--open", action="store_true",
+                   help="only events that may still grow (is_open: the data ended within "
+                        "their merge gap)")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON (a list of objects, ISO timestamps) instead of a table")
 
 
 def _add_calibrate(sub: Any) -> None:
@@ -107,7 +185,7 @@ def _add_calibrate(sub: Any) -> None:
         sub, "calibrate", cmd_calibrate, help="show the champion's calibration report",
         description="Print the calibration report of a registered model (default: the alias "
                     "'champion'): method, target alpha, calibration-set size, threshold, the "
-                    "90%% interval of the false-alarm rate that this set size implies, and a "
+                    "90% interval of the false-alarm rate that this set size implies, and a "
                     "warning when the set is too small for alpha (fewer than 10/alpha "
                     "points). The same report is logged to MLflow with every training run "
                     "(calibration/report.json).")
@@ -502,18 +580,50 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _since(text: str | None) -> Any:
+    """``--since``: a timestamp (UTC) or a duration back from now; None when not given."""
+    if not text:
+        return None
+    import pandas as pd
+
+    try:
+        delta = pd.Timedelta(text)
+    except ValueError:
+        delta = None
+    try:
+        if delta is not None:
+            return (pd.Timestamp.now(tz="UTC") - delta).tz_localize(None).to_pydatetime()
+        ts = pd.Timestamp(text)
+    except ValueError:
+        raise AeAnomalyError(f"--since: '{text}' is neither a timestamp nor a duration "
+                             "(e.g. 2026-12-01T08:00, 6h, 2d)") from None
+    if ts.tzinfo is not None:
+        ts = ts.tz_convert("UTC").tz_localize(None)
+    return ts.to_pydatetime()
+
+
 def cmd_events(args: argparse.Namespace) -> int:
-    """``ae-anomaly events``: the newest rows of the anomaly table."""
-    from ae_anomaly.pipeline import read_events
+    """``ae-anomaly events``: the newest rows of the anomaly table, filtered. Imports
+    neither torch nor MLflow nor Prefect: it only reads the table."""
+    from ae_anomaly.sinks import EventQuery, open_sink
 
     cfg, _ = _load_config(args)
-    df = read_events(cfg)
-    if df.empty:
-        print("no events in the table")
+    query = EventQuery(entity=args.entity, model=args.model, since=_since(args.since),
+                       min_severity=args.min_severity, open_only=args.open,
+                       limit=args.limit)
+    df = open_sink(cfg).read(query)
+    if args.json:
+        print(df.to_json(orient="records", date_format="iso", indent=1)
+              if len(df) else "[]")
         return 0
-    cols = ["entity", "start_ts", "end_ts", "severity", "peak_score", "model_version"]
-    print(df[cols].head(args.limit).to_string(index=False))
-    print(f"({len(df)} events in {cfg.sink.table})")
+    if df.empty:
+        print("no events match" if query != EventQuery(limit=args.limit)
+              else "no events in the table")
+        return 0
+    cols = ["entity", "start_ts", "end_ts", "severity", "peak_score", "model_name",
+            "model_version", "is_open"]
+    print(df[cols].to_string(index=False))
+    print(f"({len(df)} events shown from {cfg.sink.table}; -n to show more)")
     return 0
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from ae_anomaly.config import AppConfig, SinkConfig
 from ae_anomaly.errors import ConfigError
 from ae_anomaly.records import EventRecord
-from ae_anomaly.sinks.base import IncrementalSink, Sink
+from ae_anomaly.sinks.base import EventQuery, IncrementalSink, Sink
 from ae_anomaly.sinks.sql import SqlSink
 
 _SINKS: dict[str, Callable[[SinkConfig], IncrementalSink]] = {
@@ -35,4 +35,4 @@ def open_sink(cfg: AppConfig) -> IncrementalSink:
     return opener(cfg.sink)
 
 
-__all__ = ["EventRecord", "IncrementalSink", "Sink", "SqlSink", "open_sink"]
+__all__ = ["EventQuery", "EventRecord", "IncrementalSink", "Sink", "SqlSink", "open_sink"]

@@ -9,12 +9,34 @@ picks the configured one by ``sink.kind``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 import pandas as pd
 
 from ae_anomaly.records import EventRecord, IncrementWrite, Watermark
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    """Which rows of the anomaly table to read (every field optional).
+
+    Attributes:
+        entity: only this entity.
+        model: only this model name.
+        since: only events that end at or after this time (UTC, naive).
+        min_severity: only events whose peak score / threshold is at least this.
+        open_only: only events that may still grow (``is_open``).
+        limit: at most this many rows, newest start first.
+    """
+
+    entity: str | None = None
+    model: str | None = None
+    since: datetime | None = None
+    min_severity: float | None = None
+    open_only: bool = False
+    limit: int | None = None
 
 
 class Sink(Protocol):
@@ -32,8 +54,8 @@ class Sink(Protocol):
 class IncrementalSink(Sink, Protocol):
     """A sink that also stores per-(model name, entity) watermarks, and reads back."""
 
-    def read(self) -> pd.DataFrame:
-        """Every event written, one row each (for summaries and tests), newest first."""
+    def read(self, query: EventQuery | None = None) -> pd.DataFrame:
+        """The events written (those ``query`` selects), one row each, newest first."""
         ...
 
     def read_watermark(self, model_name: str, entity: str) -> Watermark | None:

@@ -56,6 +56,7 @@ from ae_anomaly.db import (
     version_table,
 )
 from ae_anomaly.records import EventRecord, IncrementWrite, Watermark
+from ae_anomaly.sinks.base import EventQuery
 
 log = logging.getLogger(__name__)
 
@@ -337,11 +338,25 @@ class SqlSink:
                                       ["model_name", "entity"], cols))
 
     # --------------------------------------------------------------- reading
-    def read(self) -> pd.DataFrame:
-        """The whole table as a frame (for summaries and tests), newest start first."""
+    def read(self, query: EventQuery | None = None) -> pd.DataFrame:
+        """The table (or the rows ``query`` selects) as a frame, newest start first."""
+        c = self.table.c
+        stmt = select(self.table).order_by(c.start_ts.desc(), c.event_id)
+        q = query or EventQuery()
+        if q.entity is not None:
+            stmt = stmt.where(c.entity == q.entity)
+        if q.model is not None:
+            stmt = stmt.where(c.model_name == q.model)
+        if q.since is not None:
+            stmt = stmt.where(c.end_ts >= q.since)
+        if q.min_severity is not None:
+            stmt = stmt.where(c.severity >= q.min_severity)
+        if q.open_only:
+            stmt = stmt.where(c.is_open.is_(True))
+        if q.limit is not None:
+            stmt = stmt.limit(q.limit)
         with self.engine.connect() as conn:
-            df = pd.read_sql(select(self.table).order_by(self.table.c.start_ts.desc(),
-                                                         self.table.c.event_id), conn)
+            df = pd.read_sql(stmt, conn)
         if len(df) and isinstance(df["top_channels"].iloc[0], str):
             df["top_channels"] = df["top_channels"].map(json.loads)
         if len(df):
