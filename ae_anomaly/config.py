@@ -629,13 +629,20 @@ class PromotionConfig(_Strict):
         label_col: label column of ``eval_data``.
         metric: labelled quality metric (``auc_pr``, ``auc_roc`` or ``f1`` at the threshold).
         tolerance: the challenger's quality may be at most this much below the champion's.
-        max_alert_rate: budget: flagged fraction of evaluation steps.
+        max_alert_rate: budget: flagged fraction of evaluation steps (of the normal ones,
+            with labels). A challenger within it passes; above it, it passes only when its
+            rate is at most the champion's plus ``alert_rate_tolerance`` (so a copy of the
+            champion always passes, even on a window full of anomalies).
+        alert_rate_tolerance: how far (absolute, as a fraction of steps) the challenger's
+            alert rate may exceed the champion's.
         max_alert_increase: unlabelled: the challenger may raise at most
             ``(1 + max_alert_increase) * champion events + 1`` events.
         max_score_shift: median evaluation score over median calibration score must stay
-            below this (a model that finds recent normal data unusual is refused).
+            below this (a model that finds recent normal data unusual is refused), or at most
+            ``1 + score_shift_tolerance`` times the champion's.
+        score_shift_tolerance: relative slack on the champion's score shift.
         min_calibration: smallest calibration set (steps) the challenger's threshold may
-            rest on.
+            rest on (or the champion's, when that is smaller).
     """
 
     auto: bool = False
@@ -645,8 +652,10 @@ class PromotionConfig(_Strict):
     metric: Literal["auc_pr", "auc_roc", "f1"] = "auc_pr"
     tolerance: float = Field(0.02, ge=0)
     max_alert_rate: float = Field(0.02, gt=0, le=1)
+    alert_rate_tolerance: float = Field(0.005, ge=0, le=1)
     max_alert_increase: float = Field(0.5, ge=0)
     max_score_shift: float = Field(3.0, gt=0)
+    score_shift_tolerance: float = Field(0.1, ge=0)
     min_calibration: int = Field(500, ge=1)
 
 

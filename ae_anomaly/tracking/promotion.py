@@ -204,12 +204,18 @@ def apply_gates(pc: PromotionConfig, champion: ModelEval | None,
         gates.append(Gate("feature_schema", same, f"{len(cp.features)} metrics",
                           f"{len(ch.features)} metrics",
                           "identical" if same else f"identical ({detail})"))
-    gates.append(Gate("calibration_size", ch.n_calibration >= pc.min_calibration,
+    # Every limit is the configured one or, where the champion itself does worse, the
+    # champion's (plus a tolerance): a gate that rejects a copy of the champion is wrong.
+    min_cal = pc.min_calibration if cp is None else min(pc.min_calibration, cp.n_calibration)
+    gates.append(Gate("calibration_size", ch.n_calibration >= min_cal,
                       _fmt(cp.n_calibration) if cp else "-", _fmt(ch.n_calibration),
-                      f">= {pc.min_calibration:,}"))
-    gates.append(Gate("alert_rate", ch.alert_rate <= pc.max_alert_rate,
+                      f">= {min_cal:,}"))
+    max_rate = pc.max_alert_rate if cp is None else max(
+        pc.max_alert_rate, cp.alert_rate + pc.alert_rate_tolerance)
+    gates.append(Gate("alert_rate", ch.alert_rate <= max_rate,
                       _fmt(cp.alert_rate, True) if cp else "-", _fmt(ch.alert_rate, True),
-                      f"<= {pc.max_alert_rate:.3%}"))
+                      f"<= {max_rate:.3%}" + ("" if max_rate == pc.max_alert_rate
+                                              else " (champion + tolerance)")))
     if ch.quality is not None:
         ok = cp is None or cp.quality is None or ch.quality >= cp.quality - pc.tolerance
         gates.append(Gate(f"quality ({pc.metric})", ok,
@@ -220,9 +226,12 @@ def apply_gates(pc: PromotionConfig, champion: ModelEval | None,
         gates.append(Gate("alert_count", limit is None or ch.n_events <= limit,
                           _fmt(cp.n_events) if cp else "-", _fmt(ch.n_events),
                           "no champion" if limit is None else f"<= {limit:g}"))
-    gates.append(Gate("score_shift", ch.score_shift <= pc.max_score_shift,
+    max_shift = pc.max_score_shift if cp is None or not math.isfinite(cp.score_shift) else max(
+        pc.max_score_shift, cp.score_shift * (1 + pc.score_shift_tolerance))
+    gates.append(Gate("score_shift", ch.score_shift <= max_shift,
                       _fmt(cp.score_shift) if cp else "-", _fmt(ch.score_shift),
-                      f"<= {pc.max_score_shift:g}"))
+                      f"<= {max_shift:.4g}" + ("" if max_shift == pc.max_score_shift
+                                               else " (champion + tolerance)")))
     return gates
 
 

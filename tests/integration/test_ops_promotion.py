@@ -119,7 +119,9 @@ def test_unlabelled_window_uses_alert_budget_and_counts(registry, ops, tmp_path,
     from ae_anomaly import pipeline
     from ae_anomaly.config import load_config
 
-    cfg_path = _config(ops, registry, tmp_path, labelled=False, max_alert_rate=1e-9)
+    # a budget nobody meets: the alert rate is then judged against the champion's
+    cfg_path = _config(ops, registry, tmp_path, labelled=False, max_alert_rate=1e-9,
+                       alert_rate_tolerance=0.0)
     cfg = load_config(cfg_path)
     tracker = Tracker(cfg.tracking)
     name = registry.name
@@ -127,7 +129,13 @@ def test_unlabelled_window_uses_alert_budget_and_counts(registry, ops, tmp_path,
     decision = pipeline.promote(cfg, tracker, name)
     gates = {g.name: g for g in decision.gates}
     assert not decision.labelled and "alert_count" in gates and "quality (auc_pr)" not in gates
-    assert not gates["alert_rate"].passed and not decision.promoted
+    assert decision.challenger is not None and decision.champion is not None
+    assert gates["alert_rate"].passed == (
+        decision.challenger.alert_rate <= decision.champion.alert_rate)
+    assert "champion + tolerance" in gates["alert_rate"].limit
+    assert decision.promoted == all(g.passed for g in decision.gates)
+    if decision.promoted:
+        _aliases(tracker, name, champion="1", challenger=None)
     assert tracker.alias_version("champion", name) == "1"
     assert decision.challenger is not None and decision.challenger.n_steps == len(
         registry.data.score)
@@ -164,3 +172,27 @@ def test_training_flow_registers_challengers_and_auto_promotes(ops, tmp_path, pr
     expected = "2" if second["promotion"]["promoted"] else "1"
     assert tracker.alias_version("champion", "ops-auto") == expected
     assert _tags(tracker, "ops-auto", "2")["promotion.decision"] in ("promoted", "rejected")
+
+
+def test_a_re_registered_champion_always_passes(registry, ops, tmp_path):
+    """A copy of the champion passes every gate, even with budgets the champion itself
+    misses on a window full of anomalies (the demo's situation)."""
+    from ae_anomaly import pipeline
+    from ae_anomaly.config import load_config
+    from ae_anomaly.tracking.promotion import load_version
+
+    cfg = load_config(_config(ops, registry, tmp_path, labelled=False, max_alert_rate=1e-9,
+                              alert_rate_tolerance=0.0, max_score_shift=1e-9,
+                              score_shift_tolerance=0.0, min_calibration=10**9,
+                              max_alert_increase=0.0))
+    tracker = Tracker(cfg.tracking)
+    name = registry.name
+    det, _ = load_version(tracker, name, "1")
+    run_id = tracker.start_run("re-register")
+    ref = tracker.log_detector(run_id, det, registry.data.train)
+    tracker.end_run(run_id)
+    _aliases(tracker, name, champion="1", challenger=ref.version)
+    decision = pipeline.promote(cfg, tracker, name)
+    assert decision.promoted, decision.table()
+    assert tracker.alias_version("champion", name) == ref.version
+    _aliases(tracker, name, champion="1", challenger=None)
