@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 
 from ae_anomaly.config import AppConfig, state_home
-from ae_anomaly.events import Event
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +273,8 @@ def generate_netflow(
 
 # --------------------------------------------------------------------------- the demo's files
 ATTACKS_FILE = "injected_attacks.csv"
-START = "2024-01-01"
+# the week of the server-metrics demo: its fresh period starts 2026-01-09, like this attack day
+START = "2026-01-08"
 
 
 @dataclass
@@ -324,31 +324,3 @@ def write_netflow_demo_data(cfg: AppConfig, folder: Path | None = None) -> Netfl
         folder,
     )
     return data
-
-
-def attack_recall(
-    events: list[Event], attacks: pd.DataFrame, slack: pd.Timedelta | None = None
-) -> dict[str, float]:
-    """Share of injected attacks of each kind that an event of the same entity overlaps.
-
-    Args:
-        events: detected events (their ``entity``, ``start_ts``, ``end_ts``).
-        attacks: one row per attack with ``entity, kind, start, end``.
-        slack: widen each attack's span by this much on both sides (e.g. one interval, as
-            aggregated series stamp an interval by its start).
-
-    Returns:
-        ``{kind: recall}`` for every kind in ``attacks``.
-    """
-    slack = pd.Timedelta(0) if slack is None else slack
-    by_entity: dict[str, list[tuple[pd.Timestamp, pd.Timestamp]]] = {}
-    for ev in events:
-        by_entity.setdefault(ev.entity, []).append(
-            (pd.Timestamp(ev.start_ts), pd.Timestamp(ev.end_ts))
-        )
-    hits: dict[str, list[bool]] = {}
-    for a in attacks.itertuples(index=False):
-        lo, hi = pd.Timestamp(a.start) - slack, pd.Timestamp(a.end) + slack
-        found = any(s <= hi and e >= lo for s, e in by_entity.get(str(a.entity), []))
-        hits.setdefault(str(a.kind), []).append(found)
-    return {k: float(np.mean(v)) for k, v in hits.items()}

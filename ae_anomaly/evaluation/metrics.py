@@ -17,8 +17,10 @@ Conventions:
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 logger = logging.getLogger(__name__)
@@ -336,3 +338,51 @@ def evaluate(labels: np.ndarray, scores: np.ndarray, pred: np.ndarray) -> dict[s
         "event_recall": event_recall(y, p),
         "far_normal": false_alarm_rate(y, p),
     }
+
+
+def event_overlap(events: pd.DataFrame, truth: pd.DataFrame,
+                  slack: pd.Timedelta | None = None) -> dict[str, Any]:
+    """Detected events against known anomalies, matched by entity and time overlap.
+
+    An anomaly is *found* when an event of its entity overlaps its span widened by
+    ``slack`` on both sides; an event is *true* when it overlaps some anomaly's widened span.
+
+    Args:
+        events: one row per event with ``entity``, ``start_ts``, ``end_ts``.
+        truth: one row per anomaly with ``entity``, ``kind`` and its span as ``start_ts``,
+            ``end_ts`` (or ``start``, ``end``).
+        slack: widen each anomaly by this much (default 0).
+
+    Returns:
+        ``found``, ``n_truth``, ``true_events``, ``n_events``, ``recall`` and
+        ``precision`` (``nan`` when undefined), and ``recall_by_kind``.
+    """
+    slack = pd.Timedelta(0) if slack is None else slack
+    t0 = "start_ts" if "start_ts" in truth.columns else "start"
+    t1 = "end_ts" if "end_ts" in truth.columns else "end"
+    spans: dict[str, list[tuple[pd.Timestamp, pd.Timestamp]]] = {}
+    for r in truth.itertuples(index=False):
+        spans.setdefault(str(r.entity), []).append(
+            (pd.Timestamp(getattr(r, t0)) - slack, pd.Timestamp(getattr(r, t1)) + slack))
+    ev: dict[str, list[tuple[pd.Timestamp, pd.Timestamp]]] = {}
+    for r in events.itertuples(index=False):
+        ev.setdefault(str(r.entity), []).append((pd.Timestamp(r.start_ts),
+                                                 pd.Timestamp(r.end_ts)))
+
+    def overlaps(a: tuple[pd.Timestamp, pd.Timestamp],
+                 others: list[tuple[pd.Timestamp, pd.Timestamp]]) -> bool:
+        return any(s <= a[1] and e >= a[0] for s, e in others)
+
+    found_by_kind: dict[str, list[bool]] = {}
+    for r in truth.itertuples(index=False):
+        span = (pd.Timestamp(getattr(r, t0)) - slack, pd.Timestamp(getattr(r, t1)) + slack)
+        found_by_kind.setdefault(str(getattr(r, "kind", "anomaly")), []).append(
+            overlaps(span, ev.get(str(r.entity), [])))
+    found = sum(sum(v) for v in found_by_kind.values())
+    true_events = sum(overlaps(e, spans.get(ent, [])) for ent, es in ev.items() for e in es)
+    n_truth, n_events = len(truth), len(events)
+    return {"found": int(found), "n_truth": n_truth, "true_events": int(true_events),
+            "n_events": n_events,
+            "recall": found / n_truth if n_truth else float("nan"),
+            "precision": true_events / n_events if n_events else float("nan"),
+            "recall_by_kind": {k: float(np.mean(v)) for k, v in found_by_kind.items()}}

@@ -12,12 +12,21 @@ import yaml
 from ae_anomaly import pipeline
 from ae_anomaly.config import AppConfig, load_config
 from ae_anomaly.data.netflow import read_netflow_input
-from ae_anomaly.data.synthetic_netflow import attack_recall, generate_netflow
+from ae_anomaly.data.synthetic_netflow import generate_netflow
 from ae_anomaly.detectors import AutoencoderDetector, RowAutoencoder
 from ae_anomaly.errors import ConfigError, DataError
+from ae_anomaly.evaluation.metrics import event_overlap
 from ae_anomaly.records import ModelRef
 from ae_anomaly.scoring.job import to_records
 from ae_anomaly.sinks import SqlSink
+
+
+def attack_recall(events, attacks: pd.DataFrame, slack: pd.Timedelta) -> dict[str, float]:
+    """Share of the attacks of each kind that an event of the same host overlaps."""
+    frame = pd.DataFrame({"entity": [e.entity for e in events],
+                          "start_ts": [e.start_ts for e in events],
+                          "end_ts": [e.end_ts for e in events]})
+    return event_overlap(frame, attacks, slack)["recall_by_kind"]
 
 
 def fit_netflow_detector(cfg: AppConfig, frame: pd.DataFrame):
