@@ -304,7 +304,10 @@ class SecurityMiddleware:
             if user:
                 state["user"] = user
         length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > sec.max_body_bytes):
+        if length is not None and not length.isdigit():
+            await refuse(400, "Bad Request", "Invalid Content-Length header.")
+            return
+        if length is not None and int(length) > sec.max_body_bytes:
             await refuse(413, "Content Too Large", f"Request bodies are limited to "
                          f"{sec.max_body_bytes} bytes.")
             return

@@ -295,6 +295,11 @@ def test_author_comes_from_the_login_not_from_the_form(db, tmp_path):
                     headers=_basic("alice", "pw")) as c:
         _post(c, "/events/ev0001/feedback", {"kind": "false_positive", "by": "mallory"})
     assert _feedback_rows(db) == [("ev0001", "false_positive", "alice")]
+    # Behind an authenticating proxy: the user header it sets names the author.
+    with TestClient(_app(db, tmp_path, user_header="X-Forwarded-User"),
+                    headers={"X-Forwarded-User": "bob@corp.example"}) as c:
+        _post(c, "/events/ev0002/feedback", {"kind": "ack"})
+    assert _feedback_rows(db)[-1] == ("ev0002", "ack", "bob@corp.example")
 
 
 def test_foreign_host_header_is_refused(client):
