@@ -272,10 +272,19 @@ def _add_dashboard(sub: Any) -> None:
                     "raw series and scores in context, alarm rate per day against the "
                     "budget, and acknowledge / false-positive feedback (kept in its own "
                     "table, exportable as CSV). Reads the anomaly table of sink.url (or "
-                    "--db) and the raw data of data.score. Stop with Ctrl-C.")
+                    "--db) and the raw data of data.score. Stop with Ctrl-C. "
+                    "Authentication is optional and comes from the environment: "
+                    "AE_ANOMALY_DASHBOARD_TOKEN (bearer token) and/or "
+                    "AE_ANOMALY_DASHBOARD_USER + AE_ANOMALY_DASHBOARD_PASSWORD (HTTP "
+                    "basic); see docs/dashboard.md, Security.")
     p.add_argument("--port", type=int, default=8050, help="port to listen on (default 8050)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1, this machine only)")
+    p.add_argument("--trusted-host", action="append", default=[], metavar="NAME",
+                   help="a host name browsers may use to reach the dashboard (repeatable; "
+                        "localhost and --host are always trusted; also "
+                        "AE_ANOMALY_DASHBOARD_TRUSTED_HOSTS, comma-separated). "
+                        "'*.example.com' matches subdomains")
     p.add_argument("--db", metavar="URL",
                    help="SQLAlchemy URL of the anomaly table's database (overrides sink.url)")
     p.add_argument("--no-scores", action="store_true",
@@ -824,12 +833,20 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     """``ae-anomaly dashboard``: serve the ops dashboard until Ctrl-C."""
     cfg, _ = _load_config(args)
     from ae_anomaly.dashboard.app import serve
+    from ae_anomaly.dashboard.security import DashboardSecurity
 
     if args.db:
         cfg.sink.url = args.db
-    print(f"ae-anomaly dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)",
-          flush=True)
-    serve(cfg, host=args.host, port=args.port, compute_scores=not args.no_scores)
+    security = DashboardSecurity.from_env(bind_host=args.host,
+                                          trusted_hosts=args.trusted_host)
+    warning = security.bind_warning(args.host)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    auth = " + ".join(security.auth_methods()) or "none"
+    print(f"ae-anomaly dashboard on http://{args.host}:{args.port}/ (authentication: {auth}; "
+          f"trusted hosts: {', '.join(security.trusted_hosts)}; Ctrl-C to stop)", flush=True)
+    serve(cfg, host=args.host, port=args.port, compute_scores=not args.no_scores,
+          security=security)
     return 0
 
 

@@ -3,6 +3,10 @@
 Pages: ``/`` events (filters, counts per entity per hour), ``/events/{id}`` one event in
 context, ``/alarm-rate`` alarm rate per day against the budget, ``/feedback`` feedback counts
 (``/feedback.csv`` exports them). ``POST /events/{id}/feedback`` records an operator action.
+
+Every request passes :class:`~ae_anomaly.dashboard.security.SecurityMiddleware` first
+(trusted hosts, optional authentication, CSRF and Origin checks on every POST, a body
+limit, security headers), so a route added here is covered without doing anything.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ae_anomaly.config import AppConfig, expand_path
 from ae_anomaly.dashboard import charts
 from ae_anomaly.dashboard.context import ContextLoader, steps_per_day
+from ae_anomaly.dashboard.security import DashboardSecurity, SecurityMiddleware, error_page
 from ae_anomaly.dashboard.store import (
     FEEDBACK_KINDS,
     FEEDBACK_TABLE,
@@ -38,6 +44,8 @@ log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).parent / "templates"
 PAGE_SIZE = 100
+# Spreadsheets run a cell that starts with one of these as a formula (OWASP CSV injection).
+CSV_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
 @cache
@@ -97,6 +105,37 @@ def _filter_query(flt: EventFilter) -> dict[str, str]:
     return out
 
 
+def _page_number(text: str | None) -> int:
+    """The requested page, at least 1 (anything unreadable is page 1)."""
+    try:
+        return max(1, int(text or 1))
+    except ValueError:  # also digits beyond int()'s limit
+        return 1
+
+
+def _parse_form(body: bytes) -> dict[str, str]:
+    """A url-encoded form body (last value of each field); 400 when it is not UTF-8."""
+    try:
+        text = body.decode("utf-8", errors="strict")
+        return {k: v[-1] for k, v in parse_qs(text, errors="strict").items()}
+    except UnicodeDecodeError:
+        raise HTTPException(400, "the form is not valid UTF-8") from None
+
+
+def neutralise_csv(df: pd.DataFrame) -> pd.DataFrame:
+    """Text cells that a spreadsheet would run as a formula, prefixed with a single quote.
+
+    Only text columns are touched: numbers stay numbers (a negative score is no formula).
+    """
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
+            out[col] = out[col].map(
+                lambda v: "'" + v if isinstance(v, str) and v.startswith(CSV_FORMULA_PREFIXES)
+                else v)
+    return out
+
+
 def _safe_next(target: str | None, default: str) -> str:
     """Only redirect within this site (a path, not a URL to somewhere else)."""
     if target and target.startswith("/") and not target.startswith("//"):
@@ -123,7 +162,8 @@ def alarm_budget(cfg: AppConfig, loader: ContextLoader,
 
 
 def create_app(cfg: AppConfig, feedback_table: str = FEEDBACK_TABLE,
-               compute_scores: bool = True) -> FastAPI:
+               compute_scores: bool = True,
+               security: DashboardSecurity | None = None) -> FastAPI:
     """The dashboard app for one configuration.
 
     Args:
@@ -132,7 +172,11 @@ def create_app(cfg: AppConfig, feedback_table: str = FEEDBACK_TABLE,
             ``calibration`` (the alarm budget).
         feedback_table: the name of the table the dashboard stores feedback in.
         compute_scores: recompute anomaly scores on event pages (loads models from MLflow).
+        security: trusted hosts, credentials and limits; by default
+            :meth:`DashboardSecurity.from_env` (localhost only, credentials from the
+            environment).
     """
+    security = security or DashboardSecurity.from_env()
     store = DashboardStore(cfg.sink.url, cfg.sink.table, feedback_table)
     loader = ContextLoader(cfg)
     templates = Jinja2Templates(directory=str(TEMPLATES))
@@ -147,12 +191,24 @@ def create_app(cfg: AppConfig, feedback_table: str = FEEDBACK_TABLE,
                   openapi_url=None)
     app.state.store = store
     app.state.loader = loader
+    app.state.security = security
+    app.add_middleware(SecurityMiddleware, security=security)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        title = {400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+                 413: "Content Too Large"}.get(exc.status_code, "Error")
+        return HTMLResponse(error_page(exc.status_code, title, str(exc.detail)),
+                            status_code=exc.status_code, headers=exc.headers)
 
     def page(request: Request, name: str, **context: Any) -> HTMLResponse:
         context.setdefault("active", name.removesuffix(".html"))
         context.update(db_label=db_label, table=cfg.sink.table,
-                       has_table=store.has_events_table())
-        return templates.TemplateResponse(request, name, context)
+                       has_table=store.has_events_table(),
+                       csrf_token=request.state.csrf_token)
+        response = templates.TemplateResponse(request, name, context)
+        response.headers["Cache-Control"] = "no-store"
+        return response
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
@@ -163,14 +219,19 @@ def create_app(cfg: AppConfig, feedback_table: str = FEEDBACK_TABLE,
         return Response(_plotly_js(), media_type="application/javascript",
                         headers={"Cache-Control": "public, max-age=86400"})
 
+    @app.get("/static/dashboard.js")
+    def dashboard_js() -> Response:
+        return Response(charts.DRAW_JS, media_type="application/javascript",
+                        headers={"Cache-Control": "no-cache"})
+
     @app.get("/", response_class=HTMLResponse)
     def events_page(request: Request) -> HTMLResponse:
         flt, errors = _parse_filter(request.query_params)
-        try:
-            page_no = max(1, int(request.query_params.get("page") or 1))
-        except ValueError:
-            page_no = 1
-        rows, total = store.list_events(flt, PAGE_SIZE, (page_no - 1) * PAGE_SIZE)
+        # Clamped to the pages there are: a huge number must not reach the database.
+        total = store.count_events(flt)
+        last_page = max(1, -(-total // PAGE_SIZE))
+        page_no = min(_page_number(request.query_params.get("page")), last_page)
+        rows = store.list_events(flt, PAGE_SIZE, (page_no - 1) * PAGE_SIZE)
         counts = store.hourly_counts(flt)
         heatmap = (charts.to_div(charts.hourly_heatmap(counts), "chart-hourly",
                                  height=max(220, 60 + 28 * len(counts)))
@@ -203,7 +264,7 @@ def create_app(cfg: AppConfig, feedback_table: str = FEEDBACK_TABLE,
 
     @app.post("/events/{event_id}/feedback")
     async def add_feedback(request: Request, event_id: str) -> Response:
-        form = {k: v[-1] for k, v in parse_qs((await request.body()).decode()).items()}
+        form = _parse_form(await request.body())
         kind = form.get("kind", "")
         if kind not in FEEDBACK_KINDS:
             raise HTTPException(400, f"unknown feedback '{kind}'; valid: "
@@ -211,7 +272,7 @@ def create_app(cfg: AppConfig, feedback_table: str = FEEDBACK_TABLE,
         try:
             await run_in_threadpool(store.add_feedback, event_id, kind,
                                     form.get("note", "").strip()[:2000] or None,
-                                    form.get("by", "").strip()[:128] or None)
+                                    getattr(request.state, "user", None))
         except KeyError:
             raise HTTPException(404, f"no event {event_id} in {cfg.sink.table}") from None
         return RedirectResponse(_safe_next(form.get("next"), f"/events/{event_id}"),
@@ -237,7 +298,7 @@ def create_app(cfg: AppConfig, feedback_table: str = FEEDBACK_TABLE,
     @app.get("/feedback.csv")
     def feedback_csv(request: Request) -> Response:
         include_all = request.query_params.get("include") == "all"
-        df = store.feedback_export(include_all=include_all)
+        df = neutralise_csv(store.feedback_export(include_all=include_all))
         buf = io.StringIO()
         df.to_csv(buf, index=False)
         stamp = datetime.now().strftime("%Y%m%d-%H%M")
@@ -248,9 +309,15 @@ def create_app(cfg: AppConfig, feedback_table: str = FEEDBACK_TABLE,
 
 
 def serve(cfg: AppConfig, host: str = "127.0.0.1", port: int = 8050,
-          compute_scores: bool = True) -> None:
-    """Run the dashboard with uvicorn until interrupted."""
+          compute_scores: bool = True, security: DashboardSecurity | None = None) -> None:
+    """Run the dashboard with uvicorn until interrupted.
+
+    Args:
+        security: as for :func:`create_app`; by default from the environment, trusting
+            localhost and ``host``.
+    """
     import uvicorn
 
-    app = create_app(cfg, compute_scores=compute_scores)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    security = security or DashboardSecurity.from_env(bind_host=host)
+    app = create_app(cfg, compute_scores=compute_scores, security=security)
+    uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)

@@ -1,11 +1,19 @@
 """Plotly figures for the dashboard pages, rendered to HTML fragments.
 
 The page loads plotly.js once (served from the installed ``plotly`` package, so nothing
-is fetched from the internet); each fragment is a ``<div>`` plus the call that draws it.
+is fetched from the internet) and :data:`DRAW_JS` (served as ``/static/dashboard.js``);
+each fragment is a ``<div>`` whose ``data-plotly`` attribute holds the figure as JSON, so
+the pages carry no inline script and the Content-Security-Policy can forbid them.
+
+Plotly renders a subset of HTML (``<a href>``, ``<b>``, ``<br>``...) in trace names,
+titles, tick labels and hover text. Every label that comes from data (entity, channel and
+model names) goes through :func:`label`, so it shows as text, never as markup.
 """
 
 from __future__ import annotations
 
+import html
+import json
 from typing import Any
 
 import numpy as np
@@ -20,20 +28,38 @@ EVENT_FILL = "rgba(220, 53, 69, 0.18)"
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
 
+# Draws every chart fragment of the page; served as /static/dashboard.js.
+DRAW_JS = """\
+document.addEventListener("DOMContentLoaded", function () {
+  document.querySelectorAll("div[data-plotly]").forEach(function (div) {
+    var fig = JSON.parse(div.getAttribute("data-plotly"));
+    Plotly.newPlot(div, fig.data, fig.layout, fig.config);
+  });
+});
+"""
+
+
+def label(text: Any) -> str:
+    """A label from data, escaped so that Plotly shows it as text (``<a>`` stays text)."""
+    return html.escape(str(text), quote=False)
+
+
 def to_div(fig: go.Figure, div_id: str, height: int | None = None) -> str:
-    """An HTML fragment drawing ``fig`` into ``<div id=div_id>`` (plotly.js loaded by the page)."""
+    """An HTML fragment: ``<div id=div_id>`` holding ``fig`` as JSON, drawn by DRAW_JS."""
     fig.update_layout(font=FONT, margin={"l": 60, "r": 20, "t": 40, "b": 40},
                       template="plotly_white")
     if height:
         fig.update_layout(height=height)
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
-                       config={"displaylogo": False, "responsive": True})
+    spec = json.loads(fig.to_json())  # plotly's encoder: numpy, timestamps, NaN
+    spec["config"] = {"displaylogo": False, "responsive": True}
+    return (f'<div id="{html.escape(div_id)}" data-plotly="'
+            f'{html.escape(json.dumps(spec, separators=(",", ":")))}"></div>')
 
 
 def hourly_heatmap(counts: pd.DataFrame) -> go.Figure:
     """Events per entity (rows) per hour (columns)."""
     fig = go.Figure(go.Heatmap(
-        z=counts.to_numpy(), x=list(counts.columns), y=[str(e) for e in counts.index],
+        z=counts.to_numpy(), x=list(counts.columns), y=[label(e) for e in counts.index],
         colorscale="Reds", colorbar={"title": "events"},
         hovertemplate="%{y}<br>%{x|%Y-%m-%d %H:00} UTC<br>%{z} events<extra></extra>",
         xgap=1, ygap=1))
@@ -50,12 +76,14 @@ def event_figure(series: pd.DataFrame, event: dict[str, Any], scores: np.ndarray
     """
     channels = [c for c in series.columns if c != TS]
     rows = len(channels) + (1 if scores is not None else 0)
-    titles = [*channels, *(["anomaly score vs threshold"] if scores is not None else [])]
+    titles = [label(c) for c in channels]
+    if scores is not None:
+        titles.append("anomaly score vs threshold")
     fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.04,
                         subplot_titles=titles)
     x = series[TS]
     for i, ch in enumerate(channels, start=1):
-        fig.add_trace(go.Scatter(x=x, y=series[ch], name=ch, mode="lines",
+        fig.add_trace(go.Scatter(x=x, y=series[ch], name=label(ch), mode="lines",
                                  line={"width": 1.3, "color": PALETTE[(i - 1) % len(PALETTE)]}),
                       row=i, col=1)
     if scores is not None:
@@ -76,7 +104,7 @@ def event_figure(series: pd.DataFrame, event: dict[str, Any], scores: np.ndarray
     fig.update_annotations(font={"size": 12})
     fig.update_layout(showlegend=scores is not None, height=170 * rows + 80,
                       legend={"orientation": "h", "y": -0.06},
-                      title=f"{event['entity']}: the event (shaded) in context")
+                      title=f"{label(event['entity'])}: the event (shaded) in context")
     return fig
 
 
@@ -84,8 +112,9 @@ def channel_shares_bar(shares: dict[str, float]) -> go.Figure:
     """Each top channel's share of the event's reconstruction error."""
     names = list(shares)[::-1]
     values = [shares[n] for n in names]
-    fig = go.Figure(go.Bar(x=values, y=names, orientation="h", marker_color="#1f77b4",
-                           text=[f"{v:.0%}" for v in values], textposition="auto",
+    fig = go.Figure(go.Bar(x=values, y=[label(n) for n in names], orientation="h",
+                           marker_color="#1f77b4", text=[f"{v:.0%}" for v in values],
+                           textposition="auto",
                            hovertemplate="%{y}: %{x:.1%}<extra></extra>"))
     fig.update_layout(title="Share of the event's error per channel",
                       xaxis={"tickformat": ".0%", "range": [0, max(values + [0.01]) * 1.1]},
@@ -99,7 +128,7 @@ def alarm_rate_figure(daily: pd.DataFrame, budget: float | None) -> go.Figure:
     for i, ((name, version), grp) in enumerate(daily.groupby(["model_name", "model_version"],
                                                              sort=False)):
         rate = grp["events"] / grp["entities"].clip(lower=1)
-        fig.add_trace(go.Bar(x=grp["day"], y=rate, name=f"{name} v{version}",
+        fig.add_trace(go.Bar(x=grp["day"], y=rate, name=label(f"{name} v{version}"),
                              marker_color=PALETTE[i % len(PALETTE)],
                              customdata=np.stack([grp["events"], grp["entities"],
                                                   grp["false_positives"]], axis=1),

@@ -154,18 +154,24 @@ class DashboardStore:
             conds.append(lf.c.kind == flt.status)
         return stmt.where(*conds) if conds else stmt
 
-    def list_events(self, flt: EventFilter, limit: int = 200,
-                    offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-        """Events matching a filter, newest start first; returns (rows, total matching)."""
+    def count_events(self, flt: EventFilter) -> int:
+        """How many events match a filter."""
         if not self.has_events_table():
-            return [], 0
+            return 0
+        count = select(func.count()).select_from(self._filtered(flt).subquery())
+        with self.engine.connect() as conn:
+            return int(conn.execute(count).scalar_one())
+
+    def list_events(self, flt: EventFilter, limit: int = 200,
+                    offset: int = 0) -> list[dict[str, Any]]:
+        """Events matching a filter, newest start first, ``limit`` from ``offset``."""
+        if not self.has_events_table():
+            return []
         stmt = self._filtered(flt)
-        count = select(func.count()).select_from(stmt.subquery())
         ordered = stmt.order_by(self.events.c.start_ts.desc(), self.events.c.event_id)
         with self.engine.connect() as conn:
-            total = int(conn.execute(count).scalar_one())
             rows = conn.execute(ordered.limit(limit).offset(offset)).mappings().all()
-        return [_with_status_label(dict(r)) for r in rows], total
+        return [_with_status_label(dict(r)) for r in rows]
 
     def get_event(self, event_id: str) -> dict[str, Any] | None:
         """One event with its latest feedback, or None."""

@@ -4,24 +4,36 @@ Events are written through the real SqlSink; PostgreSQL runs when AE_ANOMALY_TES
 points at a server (scripts/run_tests.sh starts one; under CI=true its absence fails). The
 browser test (test_dashboard_browser.py) covers the same pages in Chromium after a real
 scoring run.
+
+Every POST goes through the security layer: the ``_post`` helper sends what a browser on
+the page sends (the page's CSRF token and cookie, a same-origin ``Origin`` header).
 """
 
 from __future__ import annotations
 
+import base64
 import csv
+import html
 import io
+import json
+import re
 from datetime import datetime, timedelta
 
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import MetaData, Table, select
 
 from ae_anomaly.config import AppConfig
-from ae_anomaly.dashboard.app import create_app
+from ae_anomaly.dashboard import charts
+from ae_anomaly.dashboard.app import create_app, neutralise_csv
+from ae_anomaly.dashboard.security import DashboardSecurity
 from ae_anomaly.dashboard.store import DashboardStore, EventFilter
 from ae_anomaly.sinks import EventRecord, SqlSink
 
 T0 = datetime(2026, 1, 6, 0, 0)
+# TestClient sends "Host: testserver"; a same-origin browser POST carries this Origin.
+SAME_ORIGIN = {"Origin": "http://testserver"}
 
 
 def _record(i: int, entity: str, version: str, hours: float, severity: float) -> EventRecord:
@@ -59,16 +71,46 @@ def db(db_url):
     return db_url, table, feedback
 
 
-@pytest.fixture
-def client(db, tmp_path):
+def _app(db, tmp_path, **security):
     url, table, feedback = db
     cfg = AppConfig.model_validate({
         "sink": {"url": url, "table": table},
         "data": {"score": str(tmp_path / "missing.csv")},
         "tracking": {"tracking_uri": f"sqlite:///{tmp_path}/no-mlflow.db"},
     })
-    with TestClient(create_app(cfg, feedback_table=feedback)) as c:
+    sec = DashboardSecurity(trusted_hosts=["testserver"], **security)
+    return create_app(cfg, feedback_table=feedback, security=sec)
+
+
+@pytest.fixture
+def client(db, tmp_path):
+    with TestClient(_app(db, tmp_path)) as c:
         yield c
+
+
+def _csrf(client: TestClient) -> str:
+    """The CSRF token a page gives this client (the page also sets the cookie)."""
+    page = client.get("/feedback").text
+    return re.search(r'<meta name="csrf-token" content="([^"]+)">', page).group(1)
+
+
+def _post(client: TestClient, path: str, data: dict[str, str], **kwargs):
+    """A POST as the dashboard's own form sends it: token, cookie and same origin."""
+    return client.post(path, data={**data, "csrf_token": _csrf(client)},
+                       headers=SAME_ORIGIN, **kwargs)
+
+
+def _feedback_rows(db) -> list[tuple]:
+    url, table, feedback = db
+    store = DashboardStore(url, table, feedback)
+    with store.engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(
+            select(store.feedback.c.event_id, store.feedback.c.kind,
+                   store.feedback.c.created_by))]
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 def _row_ids(html: str) -> list[str]:
@@ -103,9 +145,9 @@ def test_bad_filter_values_are_reported_not_fatal(client):
 def test_false_positive_is_stored_apart_and_changes_the_status(client, db):
     url, table, feedback = db
     before = SqlSink(url, table).read()
-    r = client.post("/events/ev0001/feedback",
-                    data={"kind": "false_positive", "note": "deploy", "next": "/?status=all"},
-                    follow_redirects=False)
+    r = _post(client, "/events/ev0001/feedback",
+              {"kind": "false_positive", "note": "deploy", "next": "/?status=all"},
+              follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/?status=all"
     assert "ev0001" not in _row_ids(client.get("/").text)  # no longer open
     page = client.get("/?status=false_positive").text
@@ -119,14 +161,14 @@ def test_false_positive_is_stored_apart_and_changes_the_status(client, db):
         rows = conn.execute(select(fb.c.event_id, fb.c.kind, fb.c.note)).all()
     assert [tuple(r) for r in rows] == [("ev0001", "false_positive", "deploy")]
     # Reopen: latest feedback wins, history kept.
-    client.post("/events/ev0001/feedback", data={"kind": "reopen"})
+    _post(client, "/events/ev0001/feedback", {"kind": "reopen"})
     assert "ev0001" in _row_ids(client.get("/").text)
     assert len(store.feedback_history("ev0001")) == 2
 
 
 def test_feedback_counts_and_csv_export(client):
-    client.post("/events/ev0001/feedback", data={"kind": "false_positive"})
-    client.post("/events/ev0004/feedback", data={"kind": "ack"})
+    _post(client, "/events/ev0001/feedback", {"kind": "false_positive"})
+    _post(client, "/events/ev0004/feedback", {"kind": "ack"})
     page = client.get("/feedback").text
     assert 'id="feedback-counts"' in page and "false_positive" in page
     r = client.get("/feedback.csv")
@@ -153,10 +195,10 @@ def test_feedback_counts_per_model_version(db):
 
 
 def test_feedback_rejects_unknown_kind_and_event(client):
-    assert client.post("/events/ev0001/feedback", data={"kind": "delete"}).status_code == 400
-    assert client.post("/events/nope/feedback", data={"kind": "ack"}).status_code == 404
-    r = client.post("/events/ev0001/feedback", data={"kind": "ack", "next": "https://evil.example/"},
-                    follow_redirects=False)
+    assert _post(client, "/events/ev0001/feedback", {"kind": "delete"}).status_code == 400
+    assert _post(client, "/events/nope/feedback", {"kind": "ack"}).status_code == 404
+    r = _post(client, "/events/ev0001/feedback", {"kind": "ack", "next": "https://evil.example/"},
+              follow_redirects=False)
     assert r.headers["location"] == "/events/ev0001"
 
 
@@ -181,7 +223,8 @@ def test_alarm_rate_per_day_per_model_version(client, db):
 
 def test_empty_database_renders_a_hint(tmp_path):
     cfg = AppConfig.model_validate({"sink": {"url": f"sqlite:///{tmp_path}/empty.db"}})
-    with TestClient(create_app(cfg)) as c:
+    sec = DashboardSecurity(trusted_hosts=["testserver"])
+    with TestClient(create_app(cfg, security=sec)) as c:
         for path in ("/", "/alarm-rate", "/feedback"):
             r = c.get(path)
             assert r.status_code == 200 and "does not exist in this database" in r.text
@@ -195,10 +238,215 @@ def test_cli_dashboard_command_wires_db_port_and_scores(monkeypatch, tmp_path):
 
     seen = {}
 
-    def fake_serve(cfg, host, port, compute_scores):
+    def fake_serve(cfg, host, port, compute_scores, security):
         seen.update(url=cfg.sink.url, host=host, port=port, scores=compute_scores)
 
     monkeypatch.setattr(app_module, "serve", fake_serve)
     url = f"sqlite:///{tmp_path}/x.db"
     assert main(["dashboard", "--db", url, "--port", "9123", "--no-scores"]) == 0
     assert seen == {"url": url, "host": "127.0.0.1", "port": 9123, "scores": False}
+
+
+# ---------------------------------------------------------------------- security (issue #13)
+
+def test_cross_origin_post_is_refused_and_adds_no_row(client, db):
+    token = _csrf(client)  # even with a valid token and cookie
+    for headers in ({"Origin": "https://evil.example"},
+                    {"Origin": "http://testserver.evil.example"},
+                    {"Origin": "null", "Referer": "https://evil.example/page"},
+                    {}):  # neither Origin nor Referer
+        r = client.post("/events/ev0001/feedback", headers=headers,
+                        data={"kind": "false_positive", "by": "mallory", "csrf_token": token})
+        assert r.status_code == 403, headers
+        assert r.headers["content-type"].startswith("text/html")
+    assert _feedback_rows(db) == []
+    # A same-site Referer (no Origin) is accepted.
+    r = client.post("/events/ev0001/feedback", headers={"Referer": "http://testserver/"},
+                    data={"kind": "ack", "csrf_token": token}, follow_redirects=False)
+    assert r.status_code == 303
+
+
+def test_post_without_or_with_a_wrong_csrf_token_is_refused(client, db, tmp_path):
+    token = _csrf(client)
+    for data in ({"kind": "ack"}, {"kind": "ack", "csrf_token": "0" * 64},
+                 {"kind": "ack", "csrf_token": token + "0"}):
+        r = client.post("/events/ev0001/feedback", data=data, headers=SAME_ORIGIN)
+        assert r.status_code == 403 and "CSRF" in r.text
+    # A token is only valid with the cookie it was issued for.
+    with TestClient(_app(db, tmp_path)) as other:
+        r = other.post("/events/ev0001/feedback", data={"kind": "ack", "csrf_token": token},
+                       headers=SAME_ORIGIN)
+        assert r.status_code == 403
+    # ... and only in the process that issued it (another secret), even with the cookie.
+    with TestClient(_app(db, tmp_path), cookies=dict(client.cookies)) as restarted:
+        r = restarted.post("/events/ev0001/feedback",
+                           data={"kind": "ack", "csrf_token": token}, headers=SAME_ORIGIN)
+        assert r.status_code == 403
+    assert _feedback_rows(db) == []
+    # A script may send the token as a header instead of a form field.
+    r = client.post("/events/ev0001/feedback", data={"kind": "ack"},
+                    headers={**SAME_ORIGIN, "X-CSRF-Token": _csrf(client)},
+                    follow_redirects=False)
+    assert r.status_code == 303 and _feedback_rows(db) == [("ev0001", "ack", None)]
+
+
+def test_author_comes_from_the_login_not_from_the_form(db, tmp_path):
+    with TestClient(_app(db, tmp_path, user="alice", password="pw"),
+                    headers=_basic("alice", "pw")) as c:
+        _post(c, "/events/ev0001/feedback", {"kind": "false_positive", "by": "mallory"})
+    assert _feedback_rows(db) == [("ev0001", "false_positive", "alice")]
+    # Behind an authenticating proxy: the user header it sets names the author.
+    with TestClient(_app(db, tmp_path, user_header="X-Forwarded-User"),
+                    headers={"X-Forwarded-User": "bob@corp.example"}) as c:
+        _post(c, "/events/ev0002/feedback", {"kind": "ack"})
+    assert _feedback_rows(db)[-1] == ("ev0002", "ack", "bob@corp.example")
+
+
+def test_foreign_host_header_is_refused(client):
+    for path in ("/", "/feedback.csv", "/healthz", "/events/ev0001"):
+        r = client.get(path, headers={"Host": "attacker.example"})
+        assert r.status_code == 400 and "host" in r.text.lower()
+        assert "anomaly_events" not in r.text  # nothing about the database on it
+    assert client.get("/healthz", headers={"Host": "localhost:8050"}).status_code == 400
+    sec = DashboardSecurity.from_env(bind_host="10.0.0.5", trusted_hosts=["*.corp.example"],
+                                     environ={})
+    assert all(sec.host_allowed(h) for h in ("localhost:8050", "127.0.0.1", "[::1]:80",
+                                             "10.0.0.5:8050", "dash.corp.example"))
+    assert not any(sec.host_allowed(h) for h in ("corp.example.evil", "evil.example", "",
+                                                 "10.0.0.6"))
+    # A wildcard bind address is no host name: only localhost is trusted by default.
+    assert DashboardSecurity.from_env(bind_host="0.0.0.0", environ={}).trusted_hosts == [
+        "localhost", "127.0.0.1", "::1"]
+
+
+def test_security_headers_on_every_response(client):
+    for path, status in (("/", 200), ("/events/ev0001", 200), ("/healthz", 200),
+                         ("/static/dashboard.js", 200), ("/events/nope", 404)):
+        r = client.get(path)
+        assert r.status_code == status, path
+        csp = r.headers["content-security-policy"]
+        assert "script-src 'self';" in csp and "frame-ancestors 'none'" in csp
+        assert "unsafe-eval" not in csp
+        assert r.headers["x-frame-options"] == "DENY"
+        assert r.headers["x-content-type-options"] == "nosniff"
+    # The CSP allows no inline script, so the pages have none: every <script> has a src.
+    for path in ("/", "/events/ev0004", "/alarm-rate", "/feedback"):
+        scripts = re.findall(r"<script[^>]*>", client.get(path).text)
+        assert scripts and all(" src=" in s for s in scripts), path
+    cookie = client.get("/", headers={"Cookie": ""}).headers.get("set-cookie", "")
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+
+
+@pytest.mark.parametrize("scheme", ["basic", "bearer"])
+def test_authentication_when_configured(db, tmp_path, scheme):
+    creds = ({"user": "ops", "password": "pa:ss wörd"} if scheme == "basic"
+             else {"token": "t0ken-from-env"})
+    good = (_basic("ops", "pa:ss wörd") if scheme == "basic"
+            else {"Authorization": "Bearer t0ken-from-env"})
+    bad = _basic("ops", "wrong") if scheme == "basic" else {"Authorization": "Bearer wrong"}
+    app = _app(db, tmp_path, **creds)
+    with TestClient(app) as anon:
+        for path in ("/", "/events/ev0001", "/feedback.csv", "/static/plotly.min.js"):
+            r = anon.get(path)
+            assert r.status_code == 401, path
+            assert r.headers["www-authenticate"].lower().startswith(scheme)
+        assert anon.get("/", headers=bad).status_code == 401
+        assert anon.get("/", headers={"Authorization": "Basic !!notbase64"}).status_code == 401
+        assert anon.post("/events/ev0001/feedback", data={"kind": "ack"},
+                         headers=SAME_ORIGIN).status_code == 401
+        # health checks (and a future /metrics) need no credentials, but a trusted host
+        assert anon.get("/healthz").status_code == 200
+        assert anon.get("/healthz", headers={"Host": "evil.example"}).status_code == 400
+    with TestClient(app, headers=good) as c:
+        assert c.get("/").status_code == 200
+        assert _post(c, "/events/ev0001/feedback", {"kind": "ack"},
+                     follow_redirects=False).status_code == 303
+    assert len(_feedback_rows(db)) == 1
+    assert "t0ken" not in repr(app.state.security) and "wörd" not in repr(app.state.security)
+
+
+def test_half_configured_basic_auth_fails_loudly(monkeypatch, tmp_path):
+    from ae_anomaly.cli import main
+
+    monkeypatch.setenv("AE_ANOMALY_DASHBOARD_USER", "ops")
+    monkeypatch.delenv("AE_ANOMALY_DASHBOARD_PASSWORD", raising=False)
+    assert main(["dashboard", "--db", f"sqlite:///{tmp_path}/x.db"]) == 2
+
+
+def test_huge_page_numbers_and_bad_bodies_are_not_server_errors(client):
+    last = client.get("/?status=all").text
+    for page in ("9" * 40, "99999999999999999999", "-3", "abc", "1" * 5000):
+        r = client.get(f"/?status=all&page={page}")
+        assert r.status_code == 200, page
+        assert _row_ids(r.text) == _row_ids(last)  # one page of 5: clamped to it
+    token = _csrf(client)
+    form = {"Content-Type": "application/x-www-form-urlencoded", **SAME_ORIGIN}
+    r = client.post("/events/ev0001/feedback", headers=form,
+                    content=b"kind=ack&note=\xff\xfe&csrf_token=" + token.encode())
+    assert r.status_code == 400 and r.headers["content-type"].startswith("text/html")
+    r = client.post("/events/ev0001/feedback", headers=form,
+                    content=b"kind=ack&note=%FF%FE&csrf_token=" + token.encode())
+    assert r.status_code == 400 and "UTF-8" in r.text
+    r = client.post("/events/ev0001/feedback", headers=form,
+                    content=b"kind=ack&note=" + b"x" * 100_000 + b"&csrf_token=" + token.encode())
+    assert r.status_code == 413 and r.headers["content-type"].startswith("text/html")
+
+    def chunks():  # no Content-Length: the limit still holds while reading
+        yield b"kind=ack&note="
+        for _ in range(100):
+            yield b"x" * 1000
+
+    r = client.post("/events/ev0001/feedback", headers=form, content=chunks())
+    assert r.status_code == 413
+
+
+def test_missing_event_is_an_html_404_page(client):
+    r = client.get("/events/<b>nope")
+    assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
+    assert "no event &lt;b&gt;nope" in r.text and "<b>nope" not in r.text
+
+
+def test_csv_export_neutralises_formula_cells(client):
+    _post(client, "/events/ev0001/feedback",
+          {"kind": "false_positive", "note": '=HYPERLINK("https://evil.example","click")'})
+    rows = list(csv.DictReader(io.StringIO(client.get("/feedback.csv").text)))
+    assert rows[0]["feedback_note"] == '\'=HYPERLINK("https://evil.example","click")'
+    assert float(rows[0]["peak_score"]) > 0  # numbers stay numbers
+    df = neutralise_csv(pd.DataFrame({
+        "text": ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "plain", None],
+        "number": [-1.5, 1, 2, 3, 4, 5, 6, 7]}))
+    assert df["text"].tolist()[:7] == ["'=1+1", "'+1", "'-1", "'@SUM(A1)", "'\tx", "'\rx",
+                                       "plain"]
+    assert pd.isna(df["text"].iloc[7])
+    assert df["number"].tolist()[0] == -1.5
+
+
+def test_chart_labels_from_data_are_escaped():
+    evil = '<a href="https://evil.example/">cpu</a>'
+    div = charts.to_div(charts.channel_shares_bar({evil: 0.6, "mem": 0.4}), "chart-shares")
+    assert "<a " not in div  # the whole figure is an escaped attribute
+    spec = json.loads(html.unescape(div.split('data-plotly="', 1)[1].split('"></div>')[0]))
+    assert html.escape(evil, quote=False) in spec["data"][0]["y"]
+    assert evil not in json.dumps(spec)
+
+
+def test_cli_warns_when_binding_beyond_localhost_without_auth(monkeypatch, capsys, tmp_path):
+    import ae_anomaly.dashboard.app as app_module
+    from ae_anomaly.cli import main
+
+    monkeypatch.setattr(app_module, "serve", lambda *a, **k: None)
+    for name in ("AE_ANOMALY_DASHBOARD_TOKEN", "AE_ANOMALY_DASHBOARD_USER",
+                 "AE_ANOMALY_DASHBOARD_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    db = ["--db", f"sqlite:///{tmp_path}/x.db"]
+    assert main(["dashboard", *db, "--host", "0.0.0.0"]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "without authentication" in err
+    for host in ("127.0.0.1", "localhost", "::1"):
+        assert main(["dashboard", *db, "--host", host]) == 0
+        assert "WARNING" not in capsys.readouterr().err
+    monkeypatch.setenv("AE_ANOMALY_DASHBOARD_TOKEN", "s3cret")
+    assert main(["dashboard", *db, "--host", "0.0.0.0"]) == 0
+    captured = capsys.readouterr()
+    assert "WARNING" not in captured.err and "authentication: bearer" in captured.out
+    assert "s3cret" not in captured.out + captured.err

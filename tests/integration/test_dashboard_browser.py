@@ -3,7 +3,9 @@
 A tiny detector is trained, registered in an MLflow SQLite store and scored through the
 pipeline functions in a temporary state folder; ``ae-anomaly dashboard`` serves the result
 from a subprocess; Debian's Chromium, driven by Playwright, loads the pages, checks the
-events table and the charts, and clicks "False positive".
+events table and the charts, and clicks "False positive". The security checks run against
+the same real server: a cross-site form post, a foreign Host header, the headers, labels
+with HTML in them, and no Content-Security-Policy violation on any page.
 
 Without /usr/bin/chromium the tests skip (scripts/ensure_chromium.sh installs it); under
 CI=true they fail instead, so CI cannot pass without having run them.
@@ -12,15 +14,18 @@ CI=true they fail instead, so CI cannot pass without having run them.
 from __future__ import annotations
 
 import csv
+import http.client
 import importlib.util
 import io
 import os
+from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlencode, urlsplit
 
 import pytest
 from sqlalchemy import MetaData, Table, select
 
-from ae_anomaly.sinks import SqlSink
+from ae_anomaly.sinks import EventRecord, SqlSink
 
 pytestmark = pytest.mark.slow
 
@@ -84,8 +89,26 @@ def browser_context(server):
 def page(browser_context):
     pg = browser_context.new_page()
     pg.set_default_timeout(30_000)
+    problems: list[str] = []  # page errors and console errors (a CSP violation is one)
+    pg.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    pg.on("console", lambda msg: problems.append(f"console: {msg.text} {msg.location}")
+          if msg.type == "error" and "favicon" not in str(msg.location) else None)
+    pg.problems = problems
     yield pg
     pg.close()
+
+
+def _raw_get(base_url: str, path: str, headers: dict[str, str]) -> http.client.HTTPResponse:
+    """A GET with exactly these headers (a browser will not send a foreign Host)."""
+    conn = http.client.HTTPConnection(urlsplit(base_url).netloc, timeout=10)
+    conn.putrequest("GET", path, skip_host=True)
+    for key, value in headers.items():
+        conn.putheader(key, value)
+    conn.endheaders()
+    resp = conn.getresponse()
+    resp.body = resp.read()
+    conn.close()
+    return resp
 
 
 def test_events_table_lists_the_scored_events_newest_first(page, server, seeded):
@@ -99,6 +122,7 @@ def test_events_table_lists_the_scored_events_newest_first(page, server, seeded)
     starts = [rows.nth(i).locator("td").first.inner_text() for i in range(rows.count())]
     assert starts == sorted(starts, reverse=True)
     assert shots.wait_for_chart(page, "chart-hourly") == 1  # counts per entity per hour
+    assert page.problems == []  # the charts drew under the CSP, without errors
     # Filtering by entity keeps only that entity's rows.
     entity = events["entity"].iloc[0]
     page.select_option("select[name=entity]", entity)
@@ -127,6 +151,7 @@ def test_event_page_draws_series_scores_and_channel_shares(page, server, seeded)
     assert set(bars) == set(worst.top_channels)
     text = page.inner_text("main")
     assert "recomputed" in text and f"v{worst.model_version}" in text
+    assert page.problems == []
 
 
 def test_false_positive_click_changes_the_row_and_is_stored_apart(page, server, seeded):
@@ -170,3 +195,80 @@ def test_alarm_rate_page_draws_rate_per_model_version_against_budget(page, serve
     assert has_budget == 1
     assert "Budget:" in page.inner_text("main")
     assert page.locator("#alarm-rate tbody tr").count() >= 1
+
+
+def test_pages_draw_under_the_csp_without_errors(page, server):
+    for path, chart in (("/?status=all", "chart-hourly"), ("/alarm-rate", "chart-alarm-rate"),
+                        ("/feedback", None)):
+        resp = page.goto(server + path)
+        assert resp.status == 200
+        headers = resp.headers
+        assert "script-src 'self'" in headers["content-security-policy"]
+        assert headers["x-frame-options"] == "DENY"
+        assert headers["x-content-type-options"] == "nosniff"
+        if chart:
+            shots.wait_for_chart(page, chart)
+    assert page.problems == []
+
+
+def test_cross_site_form_post_is_refused(page, server, seeded):
+    _, _, url, table = seeded
+    store = SqlSink(url, table)
+    event_id = store.read()["event_id"].iloc[0]
+    fb = Table("anomaly_feedback", MetaData(), autoload_with=store.engine)
+
+    def feedback_rows() -> int:
+        with store.engine.connect() as conn:
+            return len(conn.execute(select(fb.c.kind).where(fb.c.event_id == event_id)).all())
+
+    before = feedback_rows()
+    page.goto(server + "/")  # the operator has the dashboard open: cookie and token exist
+    token = page.get_attribute("meta[name=csrf-token]", "content")
+    # A page on another site posts a form to the dashboard, even with a valid token.
+    attacker = "http://attacker.test/"
+    page.route(attacker, lambda route: route.fulfill(content_type="text/html", body=f"""
+        <form method="post" action="{server}/events/{event_id}/feedback">
+          <input type="hidden" name="kind" value="false_positive">
+          <input type="hidden" name="csrf_token" value="{token}">
+          <button type="submit" id="go">win a prize</button></form>"""))
+    page.goto(attacker)
+    with page.expect_navigation():
+        page.click("#go")
+    assert "403" in page.inner_text("h1")
+    assert feedback_rows() == before  # nothing added
+
+
+def test_foreign_host_header_is_refused_by_the_real_server(server):
+    host = urlsplit(server).netloc
+    resp = _raw_get(server, "/", {"Host": "rebound.attacker.example"})
+    assert resp.status == 400 and b"anomaly_events" not in resp.body
+    assert _raw_get(server, "/feedback.csv", {"Host": "rebound.attacker.example"}).status == 400
+    ok = _raw_get(server, "/healthz", {"Host": host})
+    assert ok.status == 200 and ok.getheader("x-frame-options") == "DENY"
+
+
+def test_html_in_labels_renders_as_text_not_as_links(page, server, seeded):
+    _, _, url, table = seeded
+    sink = SqlSink(url, table)
+    first = sink.read()["start_ts"].min() - timedelta(days=1)  # oldest: last on every list
+    evil = '<a href="https://evil.example/">{}</a>'
+    sink.write([EventRecord(
+        event_id="evil-labels", entity=evil.format("srv"), start_ts=first,
+        end_ts=first + timedelta(minutes=5), peak_ts=first, peak_score=1.0, threshold=2.0,
+        severity=0.5, p_value=0.5, n_points=1,
+        top_channels={evil.format("cpu"): 0.7, "mem": 0.3}, model_name=evil.format("m"),
+        model_version="9", run_id="r9", scored_at=first)])
+    page.goto(server + "/events/evil-labels")
+    assert shots.wait_for_chart(page, "chart-shares") == 1
+    chart = page.locator("#chart-shares")
+    assert chart.locator("a").count() == 0  # Plotly would draw <a> as an SVG link
+    assert evil.format("cpu") in chart.inner_text()  # shown as text
+    page.goto(server + "/alarm-rate")
+    shots.wait_for_chart(page, "chart-alarm-rate")
+    assert page.locator("#chart-alarm-rate a").count() == 0
+    assert evil.format("m") in page.locator("#chart-alarm-rate").inner_text()
+    page.goto(server + "/?" + urlencode({"entity": evil.format("srv")}))
+    shots.wait_for_chart(page, "chart-hourly")
+    assert page.locator("#chart-hourly a").count() == 0
+    assert page.locator("a[href='https://evil.example/']").count() == 0
+    assert page.problems == []
