@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -123,15 +124,33 @@ class AggregationConfig(BaseModel):
         return list(dict.fromkeys(cols))
 
 
+class NetflowSplitConfig(BaseModel):
+    """One labelled file (or glob) split into train and test rows by the description.
+
+    Train: a seeded random ``train_fraction`` of the label-normal rows. Test: the other
+    normal rows plus every attack row. The same file, fraction and seed give the same rows.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str
+    train_fraction: float = Field(0.5, gt=0, lt=1)
+    seed: int = 0
+
+
 class NetflowDatasetConfig(BaseModel):
     """A flow data set: its files, its columns and what each column is.
 
-    ``train`` and ``test`` are a file or a glob relative to the data folder. When the file has
+    ``train`` and ``test`` are a file or a glob relative to the data folder. Instead of them,
+    ``split`` names one labelled file (or glob) and splits its rows
+    (:class:`NetflowSplitConfig`; :func:`split_part`). When the file has
     no header, ``columns`` names every field in order. ``log1p`` lists heavy-tailed count
     columns to log-transform, or ``"auto"`` to pick non-negative numeric columns whose
     max/p99 ratio or skew is large (see :func:`ae_anomaly.data.netflow_features.auto_log1p`).
     The ``label`` column is optional in a file (scoring data usually has none); when present,
-    a row is anomalous when its label (compared as text) is not in ``normal_values``.
+    a row is anomalous when its label is not in ``normal_values`` (compared as text after
+    :func:`label_text`, so ``0``, ``0.0`` and ``"0"`` are one value, as are ``true`` and
+    ``True``).
     ``keep`` lists columns read and passed through without being features (e.g. ``dst_ip``).
     ``timestamp_unit`` is set when timestamps are Unix epoch numbers (``"s"``, ``"ms"``...);
     otherwise they are date-time text, naive values taken as UTC.
@@ -145,6 +164,7 @@ class NetflowDatasetConfig(BaseModel):
     columns: list[str] | None = None
     train: str | None = None
     test: str | None = None
+    split: NetflowSplitConfig | None = None
     timestamp: str | None = None
     timestamp_unit: Literal["s", "ms", "us", "ns"] | None = None
     entity: list[str] = Field(default_factory=list)
@@ -157,8 +177,24 @@ class NetflowDatasetConfig(BaseModel):
     keep: list[str] = Field(default_factory=list)
     aggregate: AggregationConfig | None = None
 
+    @field_validator("normal_values", mode="before")
+    @classmethod
+    def _label_values_as_text(cls, value: Any) -> Any:
+        # YAML reads `[0]` as an int and `[true]` as a bool: labels are compared as text.
+        if isinstance(value, list):
+            return [str(v) if isinstance(v, bool | int | float) else v for v in value]
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> NetflowDatasetConfig:
+        if self.split is not None:
+            both = [k for k in ("train", "test") if getattr(self, k) is not None]
+            if both:
+                raise ValueError(f"key 'split': not with '{both[0]}' (a split picks the train "
+                                 "and test rows of one file; name either the split or the "
+                                 "train/test files)")
+            if self.label is None:
+                raise ValueError("key 'split': a split needs the 'label' column")
         for key in ("columns", "entity", "numeric", "categorical", "drop", "keep"):
             values = getattr(self, key) or []
             dupes = sorted({v for v in values if values.count(v) > 1})
@@ -259,28 +295,63 @@ def load_netflow_dataset_config(path: str | Path) -> NetflowDatasetConfig:
 def netflow_files(
     ds: NetflowDatasetConfig, split: Literal["train", "test"], data_dir: str | Path
 ) -> list[Path]:
-    """The files of a split: ``ds.train`` or ``ds.test`` (a file or glob) under ``data_dir``.
+    """The files of a split under ``data_dir``: ``ds.train`` or ``ds.test`` (a file or glob),
+    or, when the description has a ``split``, its one labelled ``split.file`` for both.
 
     Raises:
         ConfigError: the description names no file for the split.
         DataError: nothing matches.
     """
-    pattern = getattr(ds, split)
+    key = "split.file" if ds.split is not None else split
+    pattern = ds.split.file if ds.split is not None else getattr(ds, split)
     if pattern is None:
         raise ConfigError(f"dataset '{ds.name}': key '{split}' is not set")
     full = Path(data_dir) / pattern
     files = sorted(Path(f) for f in glob.glob(str(full)) if Path(f).is_file())
     if not files:
-        raise DataError(f"no file matches the '{split}' pattern '{pattern}'", path=str(full))
+        raise DataError(f"no file matches the '{key}' pattern '{pattern}'", path=str(full))
     return files
+
+
+def split_part(
+    frame: pd.DataFrame, ds: NetflowDatasetConfig, part: Literal["train", "test"]
+) -> pd.DataFrame:
+    """The train or test rows of a labelled frame under the description's ``split``.
+
+    Train: a random ``split.train_fraction`` of the label-normal rows, drawn with
+    ``split.seed``; test: every other row (the remaining normal rows and all attack rows).
+    Both keep the file order, are disjoint and together hold every row; the same frame,
+    fraction and seed always give the same rows.
+
+    Raises:
+        ConfigError: the description has no ``split``.
+        DataError: the frame has no label column, or no normal row.
+    """
+    if ds.split is None:
+        raise ConfigError(f"dataset '{ds.name}': no 'split' section")
+    if IS_ANOMALY not in frame.columns:
+        raise DataError(f"dataset '{ds.name}': the split needs labelled rows, but the "
+                        f"label column '{ds.label}' is missing")
+    normal = np.flatnonzero(~frame[IS_ANOMALY].to_numpy(dtype=bool))
+    if len(normal) == 0:
+        raise DataError(f"dataset '{ds.name}': no row has a normal label "
+                        f"({', '.join(ds.normal_values)}); nothing to train on")
+    rng = np.random.default_rng(ds.split.seed)
+    n_train = max(1, int(round(ds.split.train_fraction * len(normal))))
+    is_train = np.zeros(len(frame), dtype=bool)
+    is_train[rng.permutation(normal)[:n_train]] = True
+    keep = is_train if part == "train" else ~is_train
+    return frame[keep].reset_index(drop=True)
 
 
 def read_netflow_split(
     ds: NetflowDatasetConfig, split: Literal["train", "test"], data_dir: str | Path
 ) -> pd.DataFrame:
-    """Read and concatenate every file of a split (:func:`netflow_files`, :func:`read_netflow`)."""
+    """Read and concatenate every file of a split (:func:`netflow_files`, :func:`read_netflow`);
+    with the description's ``split``, only that part's rows (:func:`split_part`)."""
     frames = [read_netflow(f, ds) for f in netflow_files(ds, split, data_dir)]
-    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    return frame if ds.split is None else split_part(frame, ds, split)
 
 
 # --------------------------------------------------------------------------- reading
@@ -388,10 +459,25 @@ def parse_timestamps(
     return parsed.dt.tz_convert(None).astype("datetime64[ns]")
 
 
+def label_text(value: Any) -> str:
+    """A label value as the text it is compared by: trimmed; whole numbers without ``.0``
+    (``0``, ``0.0`` and ``"0"`` are ``"0"``); ``true`` / ``false`` in lower case."""
+    text = str(value).strip()
+    if text.lower() in ("true", "false"):
+        return text.lower()
+    try:
+        num = float(text)
+    except ValueError:
+        return text
+    if math.isfinite(num) and num == int(num):
+        return str(int(num))
+    return str(num) if math.isfinite(num) else text
+
+
 def label_is_anomaly(
     labels: pd.Series, ds: NetflowDatasetConfig, path: str | Path | None = None
 ) -> pd.Series:
-    """True where a label is not one of ``ds.normal_values`` (compared as trimmed text).
+    """True where a label is not one of ``ds.normal_values`` (both sides as :func:`label_text`).
 
     Raises:
         DataError: a label is missing, naming the row.
@@ -405,8 +491,9 @@ def label_is_anomaly(
             column=ds.label,
             row=int(np.argmax(missing)) + 1,
         )
-    normal = {str(v).strip() for v in ds.normal_values}
-    return (~text.isin(normal)).astype(bool).rename(IS_ANOMALY)
+    normal = {label_text(v) for v in ds.normal_values}
+    canonical = {v: label_text(v) for v in text.unique()}
+    return (~text.map(canonical).isin(normal)).astype(bool).rename(IS_ANOMALY)
 
 
 def _parser_row(exc: Exception, header: bool) -> int | None:
@@ -768,21 +855,37 @@ def read_netflow_input(cfg: AppConfig, paths: list[str], training: bool = False
     (:func:`netflow_series`), scored like server metrics; ``rows``: the flow rows themselves
     (a row detector keeps only the normal ones for training when they are labelled).
 
+    When the description has a ``split``, ``paths`` (``data.train`` / ``data.score``) name
+    its one labelled file and the split picks the rows (:func:`split_part`): training reads
+    the train part, scoring the test part (the other normal rows and every attack). Scoring
+    files without the label column (new traffic) are scored whole. A split picks rows, so
+    it needs ``data.netflow_mode: rows``.
+
     Args:
         cfg: the configuration (``data.netflow`` names the description).
         paths: flow files, folders or globs.
-        training: warn when aggregated training intervals contain labelled attacks.
+        training: read the training part of a split; warn when aggregated training
+            intervals contain labelled attacks.
 
     Returns:
         The frame and the files read.
 
     Raises:
-        ConfigError: ``data.netflow`` is not set, or the description is bad.
-        DataError: the flow files are missing or invalid.
+        ConfigError: ``data.netflow`` is not set, or the description is bad, or it has a
+            ``split`` and ``data.netflow_mode`` is ``aggregate``.
+        DataError: the flow files are missing or invalid, or training files of a split
+            have no labels.
     """
     ds = load_netflow_dataset(cfg.data)
+    if ds.split is not None and cfg.data.netflow_mode != "rows":
+        raise ConfigError(
+            f"{cfg.data.netflow}: key 'split' picks random rows, which cannot be aggregated "
+            "into per-host series; use data.netflow_mode=rows (or train/test files)"
+        )
     files = [f for p in paths for f in netflow_paths(expand_path(p), ds)]
     frame = read_netflow_paths(files, ds)
+    if ds.split is not None and (training or IS_ANOMALY in frame.columns):
+        frame = split_part(frame, ds, "train" if training else "test")
     if cfg.data.netflow_mode == "rows":
         return frame, files
     series = netflow_series(frame, ds)

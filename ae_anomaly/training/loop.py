@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ae_anomaly.config import TrainingConfig
+from ae_anomaly.errors import ConfigError
 from ae_anomaly.models.base import AutoEncoder, Samples, iter_batches, n_samples
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,21 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU."""
+    """``auto`` picks CUDA when present, else the CPU (see docs/gpu.md).
+
+    Raises:
+        ConfigError: ``cuda`` is asked for and torch finds no CUDA device (a CPU build of
+            torch, no driver, or no GPU).
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("training.device is 'cuda' but no CUDA device is available")
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU only"
+        raise ConfigError(
+            f"training.device is 'cuda' but torch {torch.__version__} ({build}) finds no CUDA "
+            "device; use training.device=auto (or cpu), or install a CUDA build of torch "
+            "(docs/gpu.md)"
+        )
     return torch.device(name)
 
 

@@ -47,7 +47,12 @@ kept in ``<output stem>.scores/`` so a resumed run can still form the ensemble.
 Tabular (``nsl-kdd``, ``netflow``): one entity; row detectors
 (:class:`ae_anomaly.detectors.RowAutoencoder`, or a row baseline) are trained on the normal
 rows of the train split (threshold on a held-out random share of them);
-rows are scored independently (no smoothing, no events).
+rows are scored independently (no smoothing, no events), so no point-adjusted figure is
+computed (``f1_pa`` is left out of their records and summaries). Their headline alpha is
+:data:`~.settings.FLOW_ALPHA` (0.01, the README's flow figures), not the global 0.001.
+Every requested autoencoder is built once for the data kind (rows or windows) by
+:func:`~.settings.resolve_settings`, so a model that cannot run (``vae`` with ``arch: conv``
+on rows) fails before any training, with every such model named in one error.
 
 The output JSON is the checkpoint: it is rewritten after every cell, and a rerun with the
 same settings skips the (model, entity, seed) cells it already holds.
@@ -66,6 +71,7 @@ from ae_anomaly.evaluation.benchmark.run import (
     FORMAT,
     FORMAT_VERSION,
     RECORD_KEYS,
+    TIME_SERIES_ONLY,
     load_results,
     run_benchmark,
     summarize,
@@ -74,6 +80,7 @@ from ae_anomaly.evaluation.benchmark.settings import (
     ALWAYS_DEFAULTS,
     DATASET_DEFAULTS,
     DATASETS,
+    FLOW_ALPHA,
     TABULAR,
     BenchConfig,
     BenchSettings,
@@ -86,10 +93,12 @@ __all__ = [
     "DATASETS",
     "DATASET_DEFAULTS",
     "FAR_BOUNDS",
+    "FLOW_ALPHA",
     "FORMAT",
     "FORMAT_VERSION",
     "RECORD_KEYS",
     "TABULAR",
+    "TIME_SERIES_ONLY",
     "BenchConfig",
     "BenchSettings",
     "CellScores",

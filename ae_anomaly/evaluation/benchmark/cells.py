@@ -160,6 +160,8 @@ def evaluate_cell(sc: CellScores, ent: EntityData, s: BenchSettings) -> dict[str
                 pred_all[ent.eval_from:]).__add__(ent.eval_from).tolist()
         pred = pred_all[ent.eval_from:]
         m = evaluate(labels, test_eval, pred)
+        if tabular:  # rows are independent samples: no segments for point adjustment
+            m.pop("f1_pa")
         row: dict[str, Any] = {"calibration": method, "alpha": alpha, "threshold": thr, **m}
         if failed:
             row["calibration_error"] = failed

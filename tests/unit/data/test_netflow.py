@@ -365,3 +365,110 @@ def test_real_nsl_kdd() -> None:
     assert "src_bytes" in pipe.log1p_cols_ and "serror_rate" not in pipe.log1p_cols_
     x = pipe.transform(test)
     assert x.shape == (22_544, len(pipe.feature_names_)) and np.isfinite(x).all()
+
+
+# --------------------------------------------------------------------------- one labelled file
+def _split_ds(tmp_path: Path, **split) -> NetflowDatasetConfig:
+    text = (CONFIGS / "netflow.yaml").read_text()
+    text = text.replace("train: train/*.csv\n", "").replace("test: test/*.csv\n", "")
+    opts = ", ".join(f"{k}: {v}" for k, v in {"file": "all.csv", **split}.items())
+    path = tmp_path / "split.yaml"
+    path.write_text(text + f"split: {{{opts}}}\n")
+    return load_netflow_dataset_config(path)
+
+
+@pytest.fixture(scope="module")
+def one_labelled_file(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("one_file")
+    frame, _ = generate_netflow(n_hosts=2, days=0.1, seed=3, attack_count=1)
+    frame.to_csv(root / "all.csv", index=False)
+    return root
+
+
+def test_split_of_one_labelled_file(one_labelled_file: Path, tmp_path: Path) -> None:
+    ds = _split_ds(tmp_path, train_fraction=0.3, seed=7)
+    full = read_netflow(one_labelled_file / "all.csv", ds)
+    train = read_netflow_split(ds, "train", one_labelled_file)
+    test = read_netflow_split(ds, "test", one_labelled_file)
+    n_normal = int((~full["is_anomaly"]).sum())
+    assert full["is_anomaly"].any()
+    # train: only normal rows, the fraction of them; test: the other normal rows + all attacks
+    assert not train["is_anomaly"].any() and len(train) == round(0.3 * n_normal)
+    assert int(test["is_anomaly"].sum()) == int(full["is_anomaly"].sum())
+    assert len(train) + len(test) == len(full)
+
+    def keys(f: pd.DataFrame) -> set:
+        return set(pd.util.hash_pandas_object(f, index=False).astype(str) + "_"
+                   + f.groupby(list(f.columns), sort=False).cumcount().astype(str))
+
+    assert keys(train).isdisjoint(keys(test)) and keys(train) | keys(test) == keys(full)
+    # deterministic for a seed, another seed draws other rows
+    pd.testing.assert_frame_equal(train, read_netflow_split(ds, "train", one_labelled_file))
+    other = read_netflow_split(_split_ds(tmp_path, train_fraction=0.3, seed=8), "train",
+                               one_labelled_file)
+    assert len(other) == len(train) and keys(other) != keys(train)
+    assert [p.name for p in netflow_files(ds, "test", one_labelled_file)] == ["all.csv"]
+
+
+def test_split_description_errors(tmp_path: Path) -> None:
+    base = (CONFIGS / "netflow.yaml").read_text()
+    cases = [
+        (base + "split: {file: all.csv}\n", "key 'split': not with 'train'"),
+        (base.replace("train: train/*.csv\n", "").replace("test: test/*.csv\n", "")
+         + "split: {file: all.csv, train_fraction: 1.5}\n", "key 'split.train_fraction'"),
+        (base.replace("train: train/*.csv\n", "").replace("test: test/*.csv\n", "")
+         + "split: {file: all.csv, fraction: 0.5}\n", "key 'split.fraction': unknown key"),
+    ]
+    for i, (text, match) in enumerate(cases):
+        path = tmp_path / f"bad{i}.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=match) as err:
+            load_netflow_dataset_config(path)
+        assert str(path) in str(err.value)
+
+
+def test_split_train_and_score_read_their_parts(one_labelled_file: Path, tmp_path: Path) -> None:
+    from ae_anomaly.config import load_config
+    from ae_anomaly.data.netflow import read_netflow_input
+
+    ds_path = tmp_path / "split.yaml"
+    _split_ds(tmp_path, train_fraction=0.5, seed=1)  # writes split.yaml
+    data = str(one_labelled_file / "all.csv")
+    cfg = load_config(None, [f"data.netflow={ds_path}", "data.netflow_mode=rows"])
+    ds = load_netflow_dataset_config(ds_path)
+    train, _ = read_netflow_input(cfg, [data], training=True)
+    score, files = read_netflow_input(cfg, [data])
+    pd.testing.assert_frame_equal(train, read_netflow_split(ds, "train", one_labelled_file))
+    pd.testing.assert_frame_equal(score, read_netflow_split(ds, "test", one_labelled_file))
+    assert files == [Path(data)]
+    # unlabelled new traffic is scored whole
+    unlabelled = tmp_path / "new.csv"
+    pd.read_csv(data).drop(columns="label").head(20).to_csv(unlabelled, index=False)
+    assert len(read_netflow_input(cfg, [str(unlabelled)])[0]) == 20
+    with pytest.raises(ConfigError, match="netflow_mode=rows"):
+        read_netflow_input(load_config(None, [f"data.netflow={ds_path}",
+                                              "data.netflow_mode=aggregate"]), [data])
+
+
+@pytest.mark.parametrize("yaml_values, labels", [
+    ("[0]", ["0", "1", "0.0", "2"]),
+    ("[0]", [0, 1, 0, 2]),
+    ("[0.0]", [0.0, 1.0, 0.0, 2.0]),
+    ('["0"]', [0, 1, 0, 2]),
+    ("[false]", [False, True, False, True]),
+    ("[False]", ["false", "true", "FALSE", "1"]),
+])
+def test_numeric_and_boolean_label_values(tmp_path: Path, yaml_values: str, labels: list) -> None:
+    path = tmp_path / "ds.yaml"
+    path.write_text("name: n\nnumeric: [x]\nlabel: y\nlog1p: []\n"
+                    f"normal_values: {yaml_values}\n")
+    ds = load_netflow_dataset_config(path)
+    assert all(isinstance(v, str) for v in ds.normal_values)
+    from ae_anomaly.data.netflow import label_is_anomaly
+
+    flags = label_is_anomaly(pd.Series(labels), ds).tolist()
+    assert flags == [False, True, False, True]
+    # and through the reader: a CSV column of 0/1 and a Parquet column of ints
+    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0, 4.0], "y": labels})
+    frame.to_csv(tmp_path / "f.csv", index=False)
+    assert read_netflow(tmp_path / "f.csv", ds)["is_anomaly"].tolist() == flags

@@ -11,7 +11,13 @@ import pytest
 
 from ae_anomaly.cli import main
 from ae_anomaly.errors import ConfigError
-from ae_anomaly.evaluation.benchmark import RECORD_KEYS, resolve_settings, run_benchmark
+from ae_anomaly.evaluation.benchmark import (
+    FLOW_ALPHA,
+    RECORD_KEYS,
+    TIME_SERIES_ONLY,
+    resolve_settings,
+    run_benchmark,
+)
 from ae_anomaly.evaluation.report import render
 from ae_anomaly.postprocess import reduce_channels, smooth_scores
 
@@ -252,17 +258,72 @@ def test_flows_tabular_benchmark(tmp_path: Path) -> None:
         "netflow", data, models, dataset_config=repo / "configs" / "datasets" / "netflow.yaml",
         overrides=["training.epochs=2", "model.hidden=[16]", "model.latent_dim=4"])
     assert settings.cfg.postprocess.smooth == 1 and settings.bench.check_fraction == 0
+    assert settings.calibrations == [("conformal", FLOW_ALPHA)] and FLOW_ALPHA == 0.01
     res = run_benchmark(settings, tmp_path / "flows.json", models, [0], progress=False)
     assert {r["model"] for r in res["records"]} == set(models)
     for rec in res["records"]:
-        assert [k for k in RECORD_KEYS if k not in rec] == []
+        # per-row data: no point-adjusted figure anywhere
+        assert [k for k in RECORD_KEYS if k not in rec] == list(TIME_SERIES_ONLY)
+        assert all("f1_pa" not in c for c in rec["calibrations"])
         assert math.isnan(rec["far_check"])  # no check slice for row data
         assert rec["n_test"] > 100
     summ = res["summary"]
+    assert "f1_pa" not in json.dumps(summ)
     assert summ["pca"]["auc_roc"] > 0.8 and summ["dense_ae"]["auc_roc"] > 0.5  # 2 epochs
     assert summ["random"]["f1"] < summ["pca"]["f1"]
+    md = render([tmp_path / "flows.json"])
+    assert "F1-PA" not in md.split("## Results", 1)[1] and "`dense_ae`" in md
     with pytest.raises(ConfigError, match="dataset-config"):
         resolve_settings("netflow", data, ["pca"])
+
+
+def test_flows_benchmark_on_one_labelled_file(tmp_path: Path, capsys) -> None:
+    """A description with a split: one labelled file, train on a share of its normal rows."""
+    from ae_anomaly.data.netflow import load_netflow_dataset_config, read_netflow
+    from ae_anomaly.data.synthetic_netflow import generate_netflow
+
+    repo = Path(__file__).resolve().parents[3]
+    ds_path = repo / "configs" / "datasets" / "netflow_one_file.yaml"
+    data = tmp_path / "flows"
+    data.mkdir()
+    frame, _ = generate_netflow(n_hosts=2, days=0.25, seed=1, attack_count=1)
+    frame.to_csv(data / "flows.csv", index=False)
+    out = tmp_path / "one.json"
+    rc = main(["benchmark", "--dataset", "netflow", "--data-dir", str(data), "--dataset-config",
+               str(ds_path), "--models", "pca,random", "--seeds", "0", "--no-progress",
+               "--output", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "`pca`" in printed and "F1-PA" not in printed
+    full = read_netflow(data / "flows.csv", load_netflow_dataset_config(ds_path))
+    n_normal = int((~full["is_anomaly"]).sum())
+    rec = json.loads(out.read_text())["records"][0]
+    assert rec["n_test"] == len(full) - round(0.6 * n_normal)  # the test part, every attack
+    assert rec["anomaly_rate"] == pytest.approx(full["is_anomaly"].sum() / rec["n_test"])
+
+
+def test_every_model_is_checked_before_any_training(tmp_path: Path, capsys) -> None:
+    """dense_ae trains fine on rows, vae and rae (arch conv) cannot: one error, no cell run."""
+    repo = Path(__file__).resolve().parents[3]
+    data = tmp_path / "flows"
+    data.mkdir()
+    out = tmp_path / "never.json"
+    rc = main(["benchmark", "--dataset", "netflow", "--data-dir", str(data), "--dataset-config",
+               str(repo / "configs" / "datasets" / "netflow.yaml"), "--models",
+               "dense_ae,vae,pca,rae", "--seeds", "0", "--no-progress", "--output", str(out)])
+    assert rc == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "2 of 4 models" in err
+    assert "model 'vae': arch 'conv' needs windows" in err and "models.rae.arch=dense" in err
+    with pytest.raises(ConfigError, match="cvae' is conditioned on time-of-day"):
+        resolve_settings("nsl-kdd", data, ["cvae"], overrides=["models.cvae.arch=dense"])
+    # fixed as the message says, the settings resolve; on series the conv families are fine
+    resolve_settings("netflow", data, ["dense_ae", "vae"], overrides=["models.vae.arch=dense"],
+                     dataset_config=repo / "configs" / "datasets" / "netflow.yaml")
+    resolve_settings("smd", data, ["vae", "cvae", "rae", "conv_ae"], overrides=TINY_AE)
+    with pytest.raises(ConfigError, match="2 of 2 models") as bad:  # a bad key counts too
+        resolve_settings("nsl-kdd", data, ["vae", "pca"], overrides=["models.pca.bogus=1"])
+    assert "models.pca.bogus" in str(bad.value) and "model 'vae'" in str(bad.value)
 
 
 @pytest.mark.parametrize("post", [
