@@ -531,3 +531,24 @@ def test_cli_warns_when_binding_beyond_localhost_without_auth(monkeypatch, capsy
     captured = capsys.readouterr()
     assert "WARNING" not in captured.err and "authentication: bearer" in captured.out
     assert "s3cret" not in captured.out + captured.err
+
+
+def test_event_page_reads_the_raw_series_from_the_landing_table(db_url, store, ops, tmp_path):
+    """Scheduled path: source.kind folder, no data.score; the rows sit in the staging table."""
+    ops.drop(tmp_path / "landing", "drop.csv", store.data.score)
+    raw = ops.folder_config(store, tmp_path, db_url)
+    ops.score_inprocess(raw)
+    assert raw["data"].get("score") is None
+    events = SqlSink(db_url, "anomaly_events").read()
+    assert len(events) > 0
+    worst = events.sort_values("severity").iloc[-1]
+    sec = DashboardSecurity(trusted_hosts=["testserver"])
+    with TestClient(create_app(AppConfig.model_validate(raw), security=sec)) as c:
+        page = c.get(f"/events/{worst.event_id}").text
+    assert "Raw series not shown" not in page and "data.score" not in page
+    assert 'id="chart-series"' in page
+    assert f"landing folder {tmp_path / 'landing'}" in html.unescape(page)
+    assert "recomputed" in page  # the slice from the table was long enough to score
+    spec = json.loads(html.unescape(re.search(r'id="chart-series" data-plotly="([^"]+)"',
+                                              page).group(1)))
+    assert [t["name"] for t in spec["data"]][-2:] == ["score", "threshold"]
