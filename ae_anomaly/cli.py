@@ -289,6 +289,10 @@ def _add_dashboard(sub: Any) -> None:
                    help="SQLAlchemy URL of the anomaly table's database (overrides sink.url)")
     p.add_argument("--no-scores", action="store_true",
                    help="do not load models from MLflow to recompute scores on event pages")
+    p.add_argument("--mlflow-url", metavar="URL",
+                   help="base URL of the MLflow UI, to link event pages to their run and "
+                        "model version (also AE_ANOMALY_DASHBOARD_MLFLOW_URL; default: "
+                        "tracking.tracking_uri when it is an http(s) tracking server)")
 
 
 BENCHMARK_DESCRIPTION = textwrap.dedent("""\
@@ -831,6 +835,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """``ae-anomaly dashboard``: serve the ops dashboard until Ctrl-C."""
+    import os
+
     cfg, _ = _load_config(args)
     from ae_anomaly.dashboard.app import serve
     from ae_anomaly.dashboard.security import DashboardSecurity
@@ -846,7 +852,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     print(f"ae-anomaly dashboard on http://{args.host}:{args.port}/ (authentication: {auth}; "
           f"trusted hosts: {', '.join(security.trusted_hosts)}; Ctrl-C to stop)", flush=True)
     serve(cfg, host=args.host, port=args.port, compute_scores=not args.no_scores,
-          security=security)
+          security=security,
+          mlflow_url=args.mlflow_url or os.environ.get("AE_ANOMALY_DASHBOARD_MLFLOW_URL"))
     return 0
 
 

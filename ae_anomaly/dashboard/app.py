@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import io
 import logging
-from datetime import datetime
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 
 import pandas as pd
 from fastapi import FastAPI, HTTPException, Request
@@ -33,12 +34,16 @@ from ae_anomaly.dashboard.security import DashboardSecurity, SecurityMiddleware,
 from ae_anomaly.dashboard.store import (
     FEEDBACK_KINDS,
     FEEDBACK_TABLE,
+    KIND_LABELS,
+    LEGACY_STATUSES,
+    STATUS_HINTS,
     STATUS_LABELS,
     STATUSES,
     DashboardStore,
     EventFilter,
     model_key,
 )
+from ae_anomaly.db import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,12 @@ TEMPLATES = Path(__file__).parent / "templates"
 PAGE_SIZE = 100
 # Spreadsheets run a cell that starts with one of these as a formula (OWASP CSV injection).
 CSV_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# Relative time ranges of the events page, back from the current time (UTC).
+RANGES = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "24h": timedelta(hours=24),
+          "7d": timedelta(days=7), "30d": timedelta(days=30)}
+RANGE_LABELS = {"": "any time / from-to", **{k: f"last {k[:-1]} {k[-1]}" for k in RANGES}}
+# Auto-refresh choices (seconds) offered in the header; ?refresh= takes 5..3600.
+REFRESH_CHOICES = {"": "off", "30": "30 s", "60": "1 min", "300": "5 min"}
 
 
 @cache
@@ -67,13 +78,22 @@ def _fmt_num(value: Any, spec: str = ".3g") -> str:
     return format(float(value), spec)
 
 
-def _parse_filter(params: Any) -> tuple[EventFilter, list[str]]:
-    """An EventFilter from query parameters; bad values are dropped and reported."""
+def _parse_filter(params: Any, now: datetime | None = None
+                  ) -> tuple[EventFilter, str, list[str]]:
+    """An EventFilter from query parameters; bad values are dropped and reported.
+
+    ``range`` (``1h``, ``6h``, ``24h``, ``7d``, ``30d``) selects the events that overlap the
+    last so much time before ``now`` (naive UTC) and overrides ``start`` / ``end``.
+
+    Returns:
+        (the filter, the relative range or "", errors).
+    """
     errors: list[str] = []
     flt = EventFilter()
     flt.entity = params.get("entity") or None
     flt.model = params.get("model") or None
     status = params.get("status") or "open"
+    status = LEGACY_STATUSES.get(status, status)
     if status not in STATUSES:
         errors.append(f"unknown status '{status}'")
         status = "open"
@@ -94,15 +114,57 @@ def _parse_filter(params: Any) -> tuple[EventFilter, list[str]]:
             flt.min_severity = float(text)
         except ValueError:
             errors.append(f"minimum severity '{text}' is not a number")
-    return flt, errors
+    rng = (params.get("range") or "").strip()
+    if rng and rng not in RANGES:
+        errors.append(f"unknown time range '{rng}'; valid: {', '.join(RANGES)}")
+        rng = ""
+    if rng:
+        flt.start, flt.end = (now or utcnow()) - RANGES[rng], None
+    return flt, rng, errors
 
 
-def _filter_query(flt: EventFilter) -> dict[str, str]:
+def _filter_query(flt: EventFilter, rng: str = "", refresh: str = "") -> dict[str, str]:
+    """The query parameters that reproduce a filter (a relative range stays relative)."""
     out = {"entity": flt.entity or "", "model": flt.model or "", "status": flt.status,
-           "start": flt.start.strftime("%Y-%m-%dT%H:%M") if flt.start else "",
-           "end": flt.end.strftime("%Y-%m-%dT%H:%M") if flt.end else "",
+           "range": rng,
+           "start": flt.start.strftime("%Y-%m-%dT%H:%M") if flt.start and not rng else "",
+           "end": flt.end.strftime("%Y-%m-%dT%H:%M") if flt.end and not rng else "",
            "min_severity": "" if flt.min_severity is None else f"{flt.min_severity:g}"}
+    if refresh:
+        out["refresh"] = refresh
     return out
+
+
+def _refresh_seconds(text: str | None) -> str:
+    """The auto-refresh period from ``?refresh=`` (5 to 3600 seconds), or "" (off)."""
+    try:
+        secs = int(text or 0)
+    except ValueError:
+        return ""
+    return str(secs) if 5 <= secs <= 3600 else ""
+
+
+def mlflow_links(base: str | None, run_id: str | None, name: str,
+                 version: str) -> dict[str, str]:
+    """Links into the MLflow UI at ``base`` for an event's run and model version.
+
+    The run link uses the UI's direct run route (``#/runs/<run_id>``), which redirects to
+    the run's page in its experiment, so no MLflow lookup is needed. No base: no links.
+    """
+    if not base:
+        return {}
+    base = base.rstrip("/")
+    links = {"model": f"{base}/#/models/{quote(str(name), safe='')}/versions/"
+                      f"{quote(str(version), safe='')}"}
+    if run_id:
+        links["run"] = f"{base}/#/runs/{quote(str(run_id), safe='')}"
+    return links
+
+
+def default_mlflow_url(cfg: AppConfig) -> str | None:
+    """The MLflow UI of the tracking server, when ``tracking.tracking_uri`` is one (http)."""
+    uri = cfg.tracking.tracking_uri
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
 
 
 def _page_number(text: str | None) -> int:
@@ -152,7 +214,7 @@ def alarm_budget(cfg: AppConfig, loader: ContextLoader,
     frame = None
     if entity is not None:
         try:
-            frame = loader.entity_series(entity)
+            frame = loader.recent_series(entity)
         except Exception:  # no raw data: fall back on the configured frequency
             frame = None
     spd, source = steps_per_day(frame, cfg.data.synthetic.freq)
@@ -163,7 +225,9 @@ def alarm_budget(cfg: AppConfig, loader: ContextLoader,
 
 def create_app(cfg: AppConfig, feedback_table: str = FEEDBACK_TABLE,
                compute_scores: bool = True,
-               security: DashboardSecurity | None = None) -> FastAPI:
+               security: DashboardSecurity | None = None,
+               mlflow_url: str | None = None,
+               now: Callable[[], datetime] = utcnow) -> FastAPI:
     """The dashboard app for one configuration.
 
     Args:
@@ -175,8 +239,13 @@ def create_app(cfg: AppConfig, feedback_table: str = FEEDBACK_TABLE,
         security: trusted hosts, credentials and limits; by default
             :meth:`DashboardSecurity.from_env` (localhost only, credentials from the
             environment).
+        mlflow_url: base URL of the MLflow UI, for links to runs and model versions; by
+            default the tracking server when ``tracking.tracking_uri`` is http(s), else
+            none (run ids are shown as text).
+        now: the current time (naive UTC) that relative time ranges count back from.
     """
     security = security or DashboardSecurity.from_env()
+    mlflow_url = (mlflow_url or default_mlflow_url(cfg) or "").rstrip("/") or None
     store = DashboardStore(cfg.sink.url, cfg.sink.table, feedback_table)
     loader = ContextLoader(cfg)
     templates = Jinja2Templates(directory=str(TEMPLATES))
@@ -203,7 +272,12 @@ def create_app(cfg: AppConfig, feedback_table: str = FEEDBACK_TABLE,
 
     def page(request: Request, name: str, **context: Any) -> HTMLResponse:
         context.setdefault("active", name.removesuffix(".html"))
-        context.update(db_label=db_label, table=cfg.sink.table,
+        refresh = _refresh_seconds(request.query_params.get("refresh"))
+        choices = dict(REFRESH_CHOICES)
+        if refresh and refresh not in choices:
+            choices[refresh] = f"{refresh} s"
+        context.update(refresh=refresh, refresh_choices=choices, kind_labels=KIND_LABELS,
+                       db_label=db_label, table=cfg.sink.table,
                        has_table=store.has_events_table(),
                        csrf_token=request.state.csrf_token)
         response = templates.TemplateResponse(request, name, context)
@@ -226,7 +300,7 @@ def create_app(cfg: AppConfig, feedback_table: str = FEEDBACK_TABLE,
 
     @app.get("/", response_class=HTMLResponse)
     def events_page(request: Request) -> HTMLResponse:
-        flt, errors = _parse_filter(request.query_params)
+        flt, rng, errors = _parse_filter(request.query_params, now())
         # Clamped to the pages there are: a huge number must not reach the database.
         total = store.count_events(flt)
         last_page = max(1, -(-total // PAGE_SIZE))
@@ -236,13 +310,14 @@ def create_app(cfg: AppConfig, feedback_table: str = FEEDBACK_TABLE,
         heatmap = (charts.to_div(charts.hourly_heatmap(counts), "chart-hourly",
                                  height=max(220, 60 + 28 * len(counts)))
                    if not counts.empty else "")
-        query = _filter_query(flt)
+        query = _filter_query(flt, rng, _refresh_seconds(request.query_params.get("refresh")))
         here = str(request.url.path) + ("?" + request.url.query if request.url.query else "")
         return page(request, "events.html", rows=rows, total=total, flt=flt, query=query,
                     errors=errors, heatmap=heatmap, page_no=page_no, page_size=PAGE_SIZE,
                     entities=store.entities(),
                     models=[(model_key(n, v), f"{n} v{v}") for n, v in store.model_versions()],
                     statuses=[(s, "all" if s == "all" else STATUS_LABELS[s]) for s in STATUSES],
+                    status_hints=STATUS_HINTS, ranges=RANGE_LABELS,
                     here=here, urlencode=urlencode)
 
     @app.get("/events/{event_id}", response_class=HTMLResponse)
@@ -258,9 +333,12 @@ def create_app(cfg: AppConfig, feedback_table: str = FEEDBACK_TABLE,
         shares = event.get("top_channels") or {}
         shares_div = (charts.to_div(charts.channel_shares_bar(shares), "chart-shares",
                                     height=120 + 34 * len(shares)) if shares else "")
+        links = mlflow_links(mlflow_url, event.get("run_id"), event["model_name"],
+                             str(event["model_version"]))
+        here = str(request.url.path) + ("?" + request.url.query if request.url.query else "")
         return page(request, "event.html", event=event, ctx=ctx, series_div=series_div,
                     shares_div=shares_div, history=store.feedback_history(event_id),
-                    here=str(request.url.path), active="events")
+                    here=here, active="events", links=links, status_hints=STATUS_HINTS)
 
     @app.post("/events/{event_id}/feedback")
     async def add_feedback(request: Request, event_id: str) -> Response:
@@ -285,7 +363,8 @@ def create_app(cfg: AppConfig, feedback_table: str = FEEDBACK_TABLE,
         budget, budget_source = alarm_budget(cfg, loader, entities[0] if entities else None)
         chart = (charts.to_div(charts.alarm_rate_figure(daily, budget), "chart-alarm-rate",
                                height=420) if len(daily) else "")
-        table = daily.assign(rate=daily["events"] / daily["entities"].clip(lower=1))
+        table = daily.assign(
+            rate=daily["false_alarms"] / daily["entities"].clip(lower=1))
         return page(request, "alarm_rate.html", chart=chart,
                     rows=table.to_dict("records"), budget=budget, budget_source=budget_source)
 
@@ -309,15 +388,18 @@ def create_app(cfg: AppConfig, feedback_table: str = FEEDBACK_TABLE,
 
 
 def serve(cfg: AppConfig, host: str = "127.0.0.1", port: int = 8050,
-          compute_scores: bool = True, security: DashboardSecurity | None = None) -> None:
+          compute_scores: bool = True, security: DashboardSecurity | None = None,
+          mlflow_url: str | None = None) -> None:
     """Run the dashboard with uvicorn until interrupted.
 
     Args:
         security: as for :func:`create_app`; by default from the environment, trusting
             localhost and ``host``.
+        mlflow_url: as for :func:`create_app`.
     """
     import uvicorn
 
     security = security or DashboardSecurity.from_env(bind_host=host)
-    app = create_app(cfg, compute_scores=compute_scores, security=security)
+    app = create_app(cfg, compute_scores=compute_scores, security=security,
+                     mlflow_url=mlflow_url)
     uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)

@@ -28,14 +28,67 @@ EVENT_FILL = "rgba(220, 53, 69, 0.18)"
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
 
-# Draws every chart fragment of the page; served as /static/dashboard.js.
+# Served as /static/dashboard.js (the CSP forbids inline script): draws every chart
+# fragment of the page, runs the auto-refresh chosen in the header (?refresh=SECONDS, carried
+# along on the dashboard's own links) and disables from/to while a relative range is chosen.
 DRAW_JS = """\
-document.addEventListener("DOMContentLoaded", function () {
-  document.querySelectorAll("div[data-plotly]").forEach(function (div) {
-    var fig = JSON.parse(div.getAttribute("data-plotly"));
-    Plotly.newPlot(div, fig.data, fig.layout, fig.config);
+(function () {
+  "use strict";
+  function drawCharts() {
+    document.querySelectorAll("div[data-plotly]").forEach(function (div) {
+      var fig = JSON.parse(div.getAttribute("data-plotly"));
+      Plotly.newPlot(div, fig.data, fig.layout, fig.config);
+    });
+  }
+  function withRefresh(href, secs) {
+    var url = new URL(href, location.href);
+    if (url.origin !== location.origin || /\\.csv$/.test(url.pathname)) return null;
+    if (secs) url.searchParams.set("refresh", secs); else url.searchParams.delete("refresh");
+    return url.pathname + url.search + url.hash;
+  }
+  function busy() {
+    // Never reload under someone's hands: a focused field or a note being typed.
+    var el = document.activeElement;
+    if (el && /^(INPUT|TEXTAREA|SELECT)$/.test(el.tagName)) return true;
+    return Array.prototype.some.call(document.querySelectorAll("input[name=note]"),
+                                     function (i) { return i.value !== ""; });
+  }
+  function setupRefresh() {
+    var select = document.getElementById("auto-refresh");
+    if (select) {
+      select.addEventListener("change", function () {
+        location.assign(withRefresh(location.href, select.value));
+      });
+    }
+    var secs = parseInt(new URLSearchParams(location.search).get("refresh") || "0", 10);
+    if (!(secs >= 5 && secs <= 3600)) return;
+    document.querySelectorAll("a[href]").forEach(function (a) {
+      var href = withRefresh(a.getAttribute("href"), String(secs));
+      if (href !== null) a.setAttribute("href", href);
+    });
+    function tick() {
+      if (busy()) { setTimeout(tick, 5000); return; }
+      location.reload();
+    }
+    setTimeout(tick, secs * 1000);
+  }
+  function setupRange() {
+    var range = document.querySelector("select[name=range]");
+    if (!range) return;
+    function sync() {
+      document.querySelectorAll(".custom-range input").forEach(function (i) {
+        i.disabled = range.value !== "";
+      });
+    }
+    range.addEventListener("change", sync);
+    sync();
+  }
+  document.addEventListener("DOMContentLoaded", function () {
+    drawCharts();
+    setupRefresh();
+    setupRange();
   });
-});
+})();
 """
 
 
@@ -123,24 +176,31 @@ def channel_shares_bar(shares: dict[str, float]) -> go.Figure:
 
 
 def alarm_rate_figure(daily: pd.DataFrame, budget: float | None) -> go.Figure:
-    """Events per entity per day for each model version, against the budget line."""
+    """False alarms per entity per day, one bar group per model version, and the budget line.
+
+    Events marked as true anomalies (acknowledged) are left out of the bars: the budget is
+    about false alarms.
+    """
     fig = go.Figure()
     for i, ((name, version), grp) in enumerate(daily.groupby(["model_name", "model_version"],
                                                              sort=False)):
-        rate = grp["events"] / grp["entities"].clip(lower=1)
+        rate = grp["false_alarms"] / grp["entities"].clip(lower=1)
         fig.add_trace(go.Bar(x=grp["day"], y=rate, name=label(f"{name} v{version}"),
                              marker_color=PALETTE[i % len(PALETTE)],
-                             customdata=np.stack([grp["events"], grp["entities"],
-                                                  grp["false_positives"]], axis=1),
+                             customdata=np.stack([grp["events"], grp["acknowledged"],
+                                                  grp["entities"], grp["false_positives"]],
+                                                 axis=1),
                              hovertemplate="%{x|%Y-%m-%d}: %{y:.2f} per entity<br>"
-                                           "%{customdata[0]} events, %{customdata[1]} "
-                                           "entities, %{customdata[2]} false positives"
+                                           "%{customdata[0]} events, %{customdata[1]} true "
+                                           "anomalies left out, %{customdata[2]} entities, "
+                                           "%{customdata[3]} resolved as false positives"
                                            "<extra>%{fullData.name}</extra>"))
     if budget is not None:
         fig.add_hline(y=budget, line_dash="dash", line_color="#dc3545",
                       annotation_text=f"budget {budget:.3g} per entity per day",
                       annotation_position="top left")
-    fig.update_layout(title="Alarm rate per day (events per entity) by model version",
+    fig.update_layout(title="False alarms per entity per day (true anomalies left out), "
+                            "by model version",
                       barmode="group", xaxis={"title": "day (UTC)", "type": "date"},
-                      yaxis={"title": "events per entity per day"})
+                      yaxis={"title": "false alarms per entity per day"})
     return fig

@@ -1,7 +1,11 @@
 """What an event looked like: the raw series around it and, when the model loads, its scores.
 
-The raw data is the configured ``data.score`` file or folder, read (and validated) with
-:class:`~ae_anomaly.data.timeseries.TimeSeriesReader`, keeping one entity's rows. Scores are
+The raw data comes from wherever the deployment scores from: with ``source.kind`` ``folder``
+or ``sql`` (scheduled, incremental scoring) it is the landing folder's staging table or the
+raw metrics table, read through the :class:`~ae_anomaly.sources.Source` protocol around the
+event only; with ``files`` it is the configured ``data.score`` file or folder, read (and
+validated) with :class:`~ae_anomaly.data.timeseries.TimeSeriesReader`, keeping one entity's
+rows. Scores are
 recomputed with the event's own model version, loaded from the MLflow registry through
 :class:`~ae_anomaly.tracking.Tracker` by an alias that points at that version (the tracker
 loads by alias). The slice is scored with one window length of margin on both sides, so
@@ -22,6 +26,7 @@ import pandas as pd
 
 from ae_anomaly.config import AppConfig, expand_path
 from ae_anomaly.data.timeseries import ENTITY, TS, TimeSeriesReader, list_data_files
+from ae_anomaly.sources.base import Source
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +64,73 @@ class ContextLoader:
         self._models: dict[tuple[str, str], Any] = {}
         self._model_notes: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
+        self._source: Source | None = None
 
     # ------------------------------------------------------------------ raw data
+    def uses_source(self) -> bool:
+        """Whether raw series come from the incremental source (``source.kind`` not files)."""
+        return self.cfg.source.kind != "files"
+
     def source(self) -> str | None:
-        """The configured raw data path (``data.score``), expanded, or None."""
+        """Where raw series come from, for messages: the source's name or ``data.score``."""
+        if self.uses_source():
+            return self._source.name if self._source is not None else (
+                f"the {self.cfg.source.kind} source")
         return expand_path(self.cfg.data.score) if self.cfg.data.score else None
+
+    def incremental_source(self) -> Source:
+        """The configured incremental source, opened once (``open_source``).
+
+        Raises:
+            DataError: the source's table does not exist (yet).
+        """
+        with self._lock:
+            if self._source is None:
+                from ae_anomaly.sources import open_source
+
+                self._source = open_source(self.cfg)
+            return self._source
+
+    def recent_series(self, entity: str, n_steps: int = 500) -> pd.DataFrame:
+        """The newest ``n_steps`` steps of an entity, to learn the sampling step."""
+        if not self.uses_source():
+            return self.entity_series(entity)
+        src = self.incremental_source()
+        metrics = src.metrics()
+        return src.rows_before(entity, None, n_steps, metrics, src.validator(metrics, entity))
+
+    def series_around(self, entity: str, start: Any, end: Any, metrics: list[str] | None,
+                      before: int, after: int) -> pd.DataFrame:
+        """An entity's raw rows from ``before`` steps before ``start`` to ``after`` steps
+        after ``end`` (fewer where the data ends), in time order.
+
+        With the incremental source only those rows are read; with ``data.score`` the
+        entity's whole (cached) series is returned.
+
+        Raises:
+            DataError: the source is missing or invalid.
+        """
+        if not self.uses_source():
+            return self.entity_series(entity, metrics)
+        src = self.incremental_source()
+        cols = list(metrics) if metrics else src.metrics()
+        validate = src.validator(cols, entity)
+        t0 = pd.Timestamp(start).to_pydatetime()
+        t1 = pd.Timestamp(end)
+        head = src.rows_before(entity, t0, before, cols, validate, inclusive=False)
+        parts = [head]
+        after_end = 0
+        cursor = head[TS].iloc[-1].to_pydatetime() if len(head) else None
+        for chunk in src.iter_after(entity, cursor, 1000, cols, validate):
+            parts.append(chunk)
+            after_end += int((chunk[TS] > t1).sum())
+            if after_end >= after:
+                break
+        frame = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(
+            len(p) for p in parts) else pd.DataFrame()
+        if frame.empty:
+            return frame
+        return frame[(frame[TS] > t1).cumsum() <= after].reset_index(drop=True)
 
     def entity_series(self, entity: str, metrics: list[str] | None = None) -> pd.DataFrame:
         """One entity's whole raw series from the configured source, in time order.
@@ -73,7 +140,8 @@ class ContextLoader:
         """
         src = self.source()
         if src is None:
-            raise FileNotFoundError("data.score is not set in the config")
+            raise FileNotFoundError("data.score is not set in the config (and source.kind is "
+                                    "files, so there is no landing or SQL table to read)")
         files = list_data_files(src)
         key = (tuple((str(f), f.stat().st_mtime_ns) for f in files), entity,
                tuple(metrics or ()))
@@ -153,14 +221,17 @@ class ContextLoader:
         if compute_scores:
             det, why = self.detector(event["model_name"], str(event["model_version"]))
         metrics = list(det.feature_names_) if det is not None else None
+        # Enough rows for the widest view (2,000 steps) plus the scoring margin.
+        margin = 2000 + (int(det.context_before) + int(det.context_after) if det else 0)
         try:
-            full = self.entity_series(event["entity"], metrics)
+            full = self.series_around(event["entity"], event["start_ts"], event["end_ts"],
+                                      metrics, margin, margin)
         except Exception as exc:  # missing file, invalid data: say so on the page
             ctx.notes.append(f"Raw series not shown: {exc}")
             return ctx
         if full.empty:
-            ctx.notes.append(f"Raw series not shown: entity '{event['entity']}' is not in "
-                             f"{self.source()}")
+            ctx.notes.append(f"Raw series not shown: {self.source()} has no rows of entity "
+                             f"'{event['entity']}' around the event")
             return ctx
         ts = full[TS].to_numpy()
         start, end = np.datetime64(event["start_ts"]), np.datetime64(event["end_ts"])

@@ -1,8 +1,11 @@
 """The dashboard's database access: reads the anomaly table, owns the feedback table.
 
 Operator feedback (acknowledge, false positive, reopen) is appended to ``anomaly_feedback``
-and never touches the event rows, which stay exactly as scored. An event's status is its
-latest feedback: none (or ``reopen``) means open. Everything here is SQLAlchemy Core over
+and never touches the event rows, which stay exactly as scored. An event's review status is
+its latest feedback: none (or ``reopen``) means ``open`` (not reviewed), ``ack`` means
+``acknowledged`` (a true anomaly), ``false_positive`` means ``resolved`` (a false alarm).
+The anomaly table's own ``is_open`` is another thing: the event may still grow; the pages
+call it "ongoing". Everything here is SQLAlchemy Core over
 the columns that :func:`ae_anomaly.sinks.sql.events_table` defines, so it runs on SQLite
 and PostgreSQL alike and ignores columns other tools may add.
 """
@@ -39,11 +42,22 @@ log = logging.getLogger(__name__)
 
 FEEDBACK_TABLE = "anomaly_feedback"
 FEEDBACK_KINDS = ("ack", "false_positive", "reopen")
-STATUS_LABELS = {"open": "open", "ack": "acknowledged", "false_positive": "false positive"}
-STATUSES = ("open", "ack", "false_positive", "all")
+# Review status <- the latest feedback kind (None or "reopen": open).
+STATUS_OF_KIND = {"ack": "acknowledged", "false_positive": "resolved"}
+STATUSES = ("open", "acknowledged", "resolved", "all")
+STATUS_LABELS = {"open": "open", "acknowledged": "acknowledged", "resolved": "resolved"}
+STATUS_HINTS = {"open": "not reviewed yet", "acknowledged": "reviewed: a true anomaly",
+                "resolved": "reviewed: a false positive"}
+# How the pages name each feedback action.
+KIND_LABELS = {"ack": "acknowledged (true anomaly)", "false_positive": "resolved (false positive)",
+               "reopen": "reopened"}
+# The review verdict of a feedback kind, as exported for recalibration.
+VERDICTS = {"ack": "true_anomaly", "false_positive": "false_positive"}
+# Links and bookmarks from before the vocabulary was settled.
+LEGACY_STATUSES = {"ack": "acknowledged", "false_positive": "resolved"}
 EVENT_COLUMNS = ("event_id", "entity", "start_ts", "end_ts", "peak_ts", "peak_score",
                  "threshold", "severity", "p_value", "n_points", "top_channels", "model_name",
-                 "model_version", "run_id", "scored_at")
+                 "model_version", "run_id", "scored_at", "is_open")
 
 
 def feedback_table(metadata: MetaData, name: str = FEEDBACK_TABLE) -> Table:
@@ -86,7 +100,8 @@ class EventFilter:
         end: events starting at or before this time (naive UTC), or None.
         min_severity: events whose severity (peak score / threshold) is at least this.
         model: ``name:version`` of one model version, or None for all.
-        status: ``open`` (no feedback, or reopened), ``ack``, ``false_positive`` or ``all``.
+        status: ``open`` (no feedback, or reopened), ``acknowledged`` (latest feedback
+            ``ack``), ``resolved`` (latest feedback ``false_positive``) or ``all``.
     """
 
     entity: str | None = None
@@ -150,8 +165,9 @@ class DashboardStore:
             conds.append(and_(ev.c.model_name == name, ev.c.model_version == version))
         if flt.status == "open":
             conds.append(or_(lf.c.kind.is_(None), lf.c.kind == "reopen"))
-        elif flt.status in ("ack", "false_positive"):
-            conds.append(lf.c.kind == flt.status)
+        elif flt.status in ("acknowledged", "resolved"):
+            kind = next(k for k, v in STATUS_OF_KIND.items() if v == flt.status)
+            conds.append(lf.c.kind == kind)
         return stmt.where(*conds) if conds else stmt
 
     def count_events(self, flt: EventFilter) -> int:
@@ -219,14 +235,18 @@ class DashboardStore:
         return counts.reindex(columns=hours, fill_value=0).sort_index()
 
     def daily_alarms(self) -> pd.DataFrame:
-        """Events per model version per day of their start, with false positives counted.
+        """Events per model version per day of their start, split by review status.
 
         Returns:
-            Columns ``model_name, model_version, day, events, false_positives, entities``
-            (``entities``: distinct entities with at least one event of that version, over
-            the whole table), sorted by model and day.
+            Columns ``model_name, model_version, day, events, acknowledged,
+            false_positives, false_alarms, entities``: ``acknowledged`` events were marked
+            true anomalies, ``false_positives`` were resolved as false alarms, and
+            ``false_alarms`` = events - acknowledged (the count the alarm budget is about:
+            a true anomaly is no false alarm). ``entities``: distinct entities with at least
+            one event of that version, over the whole table. Sorted by model and day.
         """
-        cols = ["model_name", "model_version", "day", "events", "false_positives", "entities"]
+        cols = ["model_name", "model_version", "day", "events", "acknowledged",
+                "false_positives", "false_alarms", "entities"]
         if not self.has_events_table():
             return pd.DataFrame(columns=cols)
         inner = self._filtered(EventFilter(status="all")).subquery()
@@ -240,12 +260,16 @@ class DashboardStore:
             return pd.DataFrame(columns=cols)
         df["day"] = pd.to_datetime(df["start_ts"]).dt.floor("D")
         df["fp"] = df["feedback"] == "false_positive"
+        df["tp"] = df["feedback"] == "ack"
         keys = ["model_name", "model_version"]
         ents = df.groupby(keys)["entity"].nunique().rename("entities")
         out = (df.groupby([*keys, "day"])
-               .agg(events=("entity", "size"), false_positives=("fp", "sum"))
+               .agg(events=("entity", "size"), acknowledged=("tp", "sum"),
+                    false_positives=("fp", "sum"))
                .reset_index().join(ents, on=keys))
+        out["acknowledged"] = out["acknowledged"].astype(int)
         out["false_positives"] = out["false_positives"].astype(int)
+        out["false_alarms"] = out["events"] - out["acknowledged"]
         out["_v"] = out["model_version"].map(_version_key)
         return out.sort_values(["model_name", "_v", "day"]).drop(columns="_v")[cols].reset_index(
             drop=True)
@@ -286,9 +310,10 @@ class DashboardStore:
         """Events per model version by status (from each event's latest feedback).
 
         Returns:
-            Columns ``model_name, model_version, events, open, ack, false_positive``.
+            Columns ``model_name, model_version, events, open, acknowledged, resolved``.
         """
-        cols = ["model_name", "model_version", "events", "open", "ack", "false_positive"]
+        review = ["open", "acknowledged", "resolved"]
+        cols = ["model_name", "model_version", "events", *review]
         if not self.has_events_table():
             return pd.DataFrame(columns=cols)
         inner = self._filtered(EventFilter(status="all")).subquery()
@@ -300,9 +325,9 @@ class DashboardStore:
             return pd.DataFrame(columns=cols)
         df["status"] = [_status(k) for k in df["feedback"]]
         out = (pd.crosstab([df["model_name"], df["model_version"]], df["status"])
-               .reindex(columns=["open", "ack", "false_positive"], fill_value=0)
+               .reindex(columns=review, fill_value=0)
                .reset_index())
-        out.insert(2, "events", out[["open", "ack", "false_positive"]].sum(axis=1))
+        out.insert(2, "events", out[review].sum(axis=1))
         out["_v"] = out["model_version"].map(_version_key)
         return out.sort_values(["model_name", "_v"]).drop(columns="_v")[cols].reset_index(
             drop=True)
@@ -312,9 +337,14 @@ class DashboardStore:
 
         Args:
             include_all: also export events without feedback (status ``open``).
+
+        Returns:
+            The event columns plus ``status`` (``open``, ``acknowledged``, ``resolved``),
+            ``verdict`` (``true_anomaly``, ``false_positive`` or empty), ``feedback_note``
+            and ``feedback_at``.
         """
         if not self.has_events_table():
-            return pd.DataFrame(columns=[*EVENT_COLUMNS, "status", "feedback_note",
+            return pd.DataFrame(columns=[*EVENT_COLUMNS, "status", "verdict", "feedback_note",
                                          "feedback_at"])
         stmt, lf = self._with_status()
         if not include_all:
@@ -323,22 +353,26 @@ class DashboardStore:
         with self.engine.connect() as conn:
             rows = [_with_status_label(dict(r)) for r in conn.execute(stmt).mappings()]
         df = pd.DataFrame(rows, columns=[*EVENT_COLUMNS, "feedback", "feedback_note",
-                                         "feedback_at", "status", "status_label"])
+                                         "feedback_at", "status", "verdict", "status_label"])
         df["top_channels"] = df["top_channels"].map(
             lambda d: ";".join(f"{k}={v}" for k, v in (d or {}).items()))
-        return df.drop(columns=["feedback", "status_label"])
+        df = df.drop(columns=["feedback", "status_label"])
+        return df[[*EVENT_COLUMNS, "status", "verdict", "feedback_note", "feedback_at"]]
 
 
 def _status(kind: Any) -> str:
     """An event's status from its latest feedback kind (None or NaN: no feedback)."""
-    if kind is None or pd.isna(kind) or kind == "reopen":
+    if kind is None or pd.isna(kind):
         return "open"
-    return str(kind)
+    return STATUS_OF_KIND.get(str(kind), "open")
 
 
 def _with_status_label(row: dict[str, Any]) -> dict[str, Any]:
     row["status"] = _status(row.get("feedback"))
     row["status_label"] = STATUS_LABELS[row["status"]]
+    row["verdict"] = VERDICTS.get(str(row.get("feedback")), "")
+    if "is_open" in row:
+        row["is_open"] = bool(row["is_open"]) if row["is_open"] is not None else False
     return row
 
 

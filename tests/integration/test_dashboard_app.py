@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import html
 import io
 import json
@@ -71,7 +72,7 @@ def db(db_url):
     return db_url, table, feedback
 
 
-def _app(db, tmp_path, **security):
+def _app(db, tmp_path, mlflow_url=None, now=None, **security):
     url, table, feedback = db
     cfg = AppConfig.model_validate({
         "sink": {"url": url, "table": table},
@@ -79,7 +80,8 @@ def _app(db, tmp_path, **security):
         "tracking": {"tracking_uri": f"sqlite:///{tmp_path}/no-mlflow.db"},
     })
     sec = DashboardSecurity(trusted_hosts=["testserver"], **security)
-    return create_app(cfg, feedback_table=feedback, security=sec)
+    return create_app(cfg, feedback_table=feedback, security=sec, mlflow_url=mlflow_url,
+                      **({"now": now} if now else {}))
 
 
 @pytest.fixture
@@ -150,8 +152,10 @@ def test_false_positive_is_stored_apart_and_changes_the_status(client, db):
               follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/?status=all"
     assert "ev0001" not in _row_ids(client.get("/").text)  # no longer open
-    page = client.get("/?status=false_positive").text
+    page = client.get("/?status=resolved").text
     assert _row_ids(page) == ["ev0001"] and "false positive" in page
+    assert 'class="badge status-resolved"' in page
+    assert _row_ids(client.get("/?status=false_positive").text) == ["ev0001"]  # old links
     # The event row is unchanged; the feedback table has the action.
     after = SqlSink(url, table).read()
     assert before.equals(after)
@@ -170,12 +174,12 @@ def test_feedback_counts_and_csv_export(client):
     _post(client, "/events/ev0001/feedback", {"kind": "false_positive"})
     _post(client, "/events/ev0004/feedback", {"kind": "ack"})
     page = client.get("/feedback").text
-    assert 'id="feedback-counts"' in page and "false_positive" in page
+    assert 'id="feedback-counts"' in page and "resolved (false positive)" in page
     r = client.get("/feedback.csv")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(r.text)))
-    assert {(x["event_id"], x["status"]) for x in rows} == {("ev0001", "false_positive"),
-                                                           ("ev0004", "ack")}
+    assert {(x["event_id"], x["status"], x["verdict"]) for x in rows} == {
+        ("ev0001", "resolved", "false_positive"), ("ev0004", "acknowledged", "true_anomaly")}
     assert rows[0]["peak_score"] and "cpu_util=" in rows[0]["top_channels"]
     everything = list(csv.DictReader(io.StringIO(client.get("/feedback.csv?include=all").text)))
     assert len(everything) == len(EVENTS)
@@ -187,8 +191,9 @@ def test_feedback_counts_per_model_version(db):
     store.add_feedback("ev0001", "false_positive")
     store.add_feedback("ev0002", "ack")
     counts = store.feedback_counts().set_index("model_version")
-    assert counts.loc["1", ["events", "open", "ack", "false_positive"]].tolist() == [3, 1, 1, 1]
-    assert counts.loc["2", ["events", "open", "ack", "false_positive"]].tolist() == [2, 2, 0, 0]
+    cols = ["events", "open", "acknowledged", "resolved"]
+    assert counts.loc["1", cols].tolist() == [3, 1, 1, 1]
+    assert counts.loc["2", cols].tolist() == [2, 2, 0, 0]
     hourly = store.hourly_counts(EventFilter(status="all"))
     assert int(hourly.to_numpy().sum()) == len(EVENTS)
     assert int(hourly.loc["server-01"].sum()) == 2
@@ -221,6 +226,74 @@ def test_alarm_rate_per_day_per_model_version(client, db):
     assert 'id="chart-alarm-rate"' in page and "Budget:" in page
 
 
+def test_alarm_rate_leaves_true_anomalies_out_of_the_false_alarm_count(client, db):
+    url, table, feedback = db
+    store = DashboardStore(url, table, feedback)
+    store.add_feedback("ev0001", "ack")  # a true anomaly: no false alarm
+    store.add_feedback("ev0002", "false_positive")  # a false alarm, reviewed
+    day = store.daily_alarms().set_index("model_version").loc["1"]
+    assert (day.events, day.acknowledged, day.false_positives, day.false_alarms) == (3, 1, 1, 2)
+    page = client.get("/alarm-rate").text
+    assert "true anomalies" in page and "left out" in page
+    row = re.search(r'<tr data-model="m:1".*?</tr>', page, re.S).group(0)
+    assert 'class="num true-anomalies">1<' in row and 'class="num false-alarms">2<' in row
+    assert ">1.00<" in row  # 2 false alarms / 2 entities, not 3 / 2
+
+
+@pytest.mark.parametrize(("rng", "expected"), [
+    ("1h", ["ev0004"]), ("6h", ["ev0004", "ev0003"]), ("24h", ["ev0004", "ev0003"]),
+    ("7d", ["ev0004", "ev0003", "ev0002", "ev0001", "ev0000"]),
+])
+def test_relative_time_range_counts_back_from_now(db, tmp_path, rng, expected):
+    now = T0 + timedelta(hours=28)  # ev0004 started at 27:12, ev0003 at 26:00
+    with TestClient(_app(db, tmp_path, now=lambda: now)) as c:
+        page = c.get(f"/?range={rng}&start=2020-01-01T00:00").text  # the range wins
+        assert _row_ids(page) == expected
+        assert f'<option value="{rng}" selected>' in page and 'id="range-note"' in page
+        assert "range=" + rng in page  # paging links keep the range relative
+        assert "unknown time range" in c.get("/?range=2w").text
+
+
+def test_status_words_and_ongoing_events(db, tmp_path, client):
+    url, table, _ = db
+    ongoing = dataclasses.replace(EVENTS[4], event_id="ev0005", is_open=True)
+    SqlSink(url, table).write([ongoing])
+    page = client.get("/").text
+    row = re.search(r'<tr data-event-id="ev0005">.*?</tr>', page, re.S).group(0)
+    assert 'class="badge status-open"' in row and ">ongoing<" in row
+    assert ">ongoing<" not in re.search(r'<tr data-event-id="ev0004">.*?</tr>', page,
+                                        re.S).group(0)
+    options = re.findall(r'<option value="(\w+)"[^>]*>(\w+)</option>',
+                         page.split('name="status"')[1].split("</select>")[0])
+    assert options == [("open", "open"), ("acknowledged", "acknowledged"),
+                       ("resolved", "resolved"), ("all", "all")]
+    _post(client, "/events/ev0004/feedback", {"kind": "ack"})
+    assert _row_ids(client.get("/?status=acknowledged").text) == ["ev0004"]
+    event_page = client.get("/events/ev0004").text
+    assert 'class="badge status-acknowledged"' in event_page
+    assert "acknowledged (true anomaly)" in event_page  # the history names the action
+
+
+def test_event_page_links_to_the_mlflow_run_and_model_version(db, tmp_path, client):
+    with TestClient(_app(db, tmp_path, mlflow_url="http://mlflow.example:5000/")) as c:
+        page = c.get("/events/ev0004").text
+    assert 'href="http://mlflow.example:5000/#/runs/r2"' in page
+    assert 'href="http://mlflow.example:5000/#/models/m/versions/2"' in page
+    plain = client.get("/events/ev0004").text  # no MLflow UI configured: text and a hint
+    assert "#/runs/" not in plain and 'id="mlflow-hint"' in plain and "<code>r2</code>" in plain
+
+
+def test_auto_refresh_choice_is_kept_in_the_url(client):
+    page = client.get("/?refresh=60&status=all").text
+    assert '<option value="60" selected>1 min</option>' in page
+    assert '<input type="hidden" name="refresh" value="60">' in page  # filters keep it
+    assert 'refresh=60' in page.split('name="next" value="')[1].split('"')[0]  # feedback too
+    assert '<option value="" selected>off</option>' in client.get("/").text
+    assert '<option value="" selected>off</option>' in client.get("/?refresh=1").text
+    js = client.get("/static/dashboard.js").text
+    assert "location.reload()" in js and "auto-refresh" in js
+
+
 def test_empty_database_renders_a_hint(tmp_path):
     cfg = AppConfig.model_validate({"sink": {"url": f"sqlite:///{tmp_path}/empty.db"}})
     sec = DashboardSecurity(trusted_hosts=["testserver"])
@@ -238,13 +311,21 @@ def test_cli_dashboard_command_wires_db_port_and_scores(monkeypatch, tmp_path):
 
     seen = {}
 
-    def fake_serve(cfg, host, port, compute_scores, security):
-        seen.update(url=cfg.sink.url, host=host, port=port, scores=compute_scores)
+    def fake_serve(cfg, host, port, compute_scores, security, mlflow_url):
+        seen.update(url=cfg.sink.url, host=host, port=port, scores=compute_scores,
+                    mlflow=mlflow_url)
 
     monkeypatch.setattr(app_module, "serve", fake_serve)
+    monkeypatch.delenv("AE_ANOMALY_DASHBOARD_MLFLOW_URL", raising=False)
     url = f"sqlite:///{tmp_path}/x.db"
     assert main(["dashboard", "--db", url, "--port", "9123", "--no-scores"]) == 0
-    assert seen == {"url": url, "host": "127.0.0.1", "port": 9123, "scores": False}
+    assert seen == {"url": url, "host": "127.0.0.1", "port": 9123, "scores": False,
+                    "mlflow": None}
+    assert main(["dashboard", "--db", url, "--mlflow-url", "http://mlflow:5000"]) == 0
+    assert seen["mlflow"] == "http://mlflow:5000"
+    monkeypatch.setenv("AE_ANOMALY_DASHBOARD_MLFLOW_URL", "https://ml.example")
+    assert main(["dashboard", "--db", url]) == 0
+    assert seen["mlflow"] == "https://ml.example"
 
 
 # ---------------------------------------------------------------------- security (issue #13)
@@ -450,3 +531,24 @@ def test_cli_warns_when_binding_beyond_localhost_without_auth(monkeypatch, capsy
     captured = capsys.readouterr()
     assert "WARNING" not in captured.err and "authentication: bearer" in captured.out
     assert "s3cret" not in captured.out + captured.err
+
+
+def test_event_page_reads_the_raw_series_from_the_landing_table(db_url, store, ops, tmp_path):
+    """Scheduled path: source.kind folder, no data.score; the rows sit in the staging table."""
+    ops.drop(tmp_path / "landing", "drop.csv", store.data.score)
+    raw = ops.folder_config(store, tmp_path, db_url)
+    ops.score_inprocess(raw)
+    assert raw["data"].get("score") is None
+    events = SqlSink(db_url, "anomaly_events").read()
+    assert len(events) > 0
+    worst = events.sort_values("severity").iloc[-1]
+    sec = DashboardSecurity(trusted_hosts=["testserver"])
+    with TestClient(create_app(AppConfig.model_validate(raw), security=sec)) as c:
+        page = c.get(f"/events/{worst.event_id}").text
+    assert "Raw series not shown" not in page and "data.score" not in page
+    assert 'id="chart-series"' in page
+    assert f"landing folder {tmp_path / 'landing'}" in html.unescape(page)
+    assert "recomputed" in page  # the slice from the table was long enough to score
+    spec = json.loads(html.unescape(re.search(r'id="chart-series" data-plotly="([^"]+)"',
+                                              page).group(1)))
+    assert [t["name"] for t in spec["data"]][-2:] == ["score", "threshold"]

@@ -18,7 +18,7 @@ import http.client
 import importlib.util
 import io
 import os
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
@@ -70,11 +70,22 @@ def seeded(tmp_path_factory):
     return home, config, url, table
 
 
+MLFLOW_UI = "http://mlflow.test:5000"
+
+
 @pytest.fixture(scope="module")
 def server(seeded):
     home, config, _, _ = seeded
-    with shots.running_dashboard(config, home) as base_url:
-        yield base_url
+    previous = os.environ.get("AE_ANOMALY_DASHBOARD_MLFLOW_URL")
+    os.environ["AE_ANOMALY_DASHBOARD_MLFLOW_URL"] = MLFLOW_UI  # the subprocess inherits it
+    try:
+        with shots.running_dashboard(config, home) as base_url:
+            yield base_url
+    finally:
+        if previous is None:
+            os.environ.pop("AE_ANOMALY_DASHBOARD_MLFLOW_URL", None)
+        else:
+            os.environ["AE_ANOMALY_DASHBOARD_MLFLOW_URL"] = previous
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +140,7 @@ def test_events_table_lists_the_scored_events_newest_first(page, server, seeded)
     page.select_option("select[name=status]", "all")
     page.click("#filters button[type=submit]")
     page.wait_for_load_state()
-    cells = page.locator("#events tbody tr td:nth-child(3)").all_inner_texts()
+    cells = page.locator("#events tbody tr td:nth-child(2)").all_inner_texts()
     assert cells and set(cells) == {entity}
     assert len(cells) == int((events["entity"] == entity).sum())
 
@@ -165,12 +176,12 @@ def test_false_positive_click_changes_the_row_and_is_stored_apart(page, server, 
     row.get_by_role("button", name="False positive").click()
     page.wait_for_url(server + "/?status=all")
     changed = page.locator(f"#events tbody tr[data-event-id='{event_id}']")
-    assert changed.locator("td.status").inner_text() == "false positive"
+    assert changed.locator("td.status").inner_text().split() == ["resolved", "false", "positive"]
     assert changed.get_by_role("button", name="Reopen").count() == 1
-    # Gone from the open events, listed under false positives.
+    # Gone from the open events, listed under resolved.
     page.goto(server + "/")
     assert page.locator(f"tr[data-event-id='{event_id}']").count() == 0
-    page.goto(server + "/?status=false_positive")
+    page.goto(server + "/?status=resolved")
     assert page.locator(f"tr[data-event-id='{event_id}']").count() == 1
     # Stored in the feedback table; the event rows are exactly as scored.
     store = SqlSink(url, table)
@@ -181,10 +192,11 @@ def test_false_positive_click_changes_the_row_and_is_stored_apart(page, server, 
     assert store.read().equals(before)
     # Counted on the feedback page and exported as CSV.
     page.goto(server + "/feedback")
-    assert "false_positive" in page.inner_text("#feedback-history")
+    assert "resolved (false positive)" in page.inner_text("#feedback-history")
     resp = page.request.get(server + "/feedback.csv")
     exported = {r["event_id"]: r for r in csv.DictReader(io.StringIO(resp.text()))}
-    assert exported[event_id]["status"] == "false_positive"
+    assert exported[event_id]["status"] == "resolved"
+    assert exported[event_id]["verdict"] == "false_positive"
 
 
 def test_alarm_rate_page_draws_rate_per_model_version_against_budget(page, server):
@@ -271,4 +283,77 @@ def test_html_in_labels_renders_as_text_not_as_links(page, server, seeded):
     shots.wait_for_chart(page, "chart-hourly")
     assert page.locator("#chart-hourly a").count() == 0
     assert page.locator("a[href='https://evil.example/']").count() == 0
+    assert page.problems == []
+
+
+def test_walk_relative_range_event_mlflow_links_acknowledge_alarm_rate(page, server, seeded):
+    """The on-call walk: last 7 days -> an event -> its MLflow links -> acknowledge -> the
+    alarm-rate page leaves it out of the false alarms. The range counts back from the
+    wall clock, so two events are written at recent times (the scored data is from January)."""
+    _, _, url, table = seeded
+    sink = SqlSink(url, table)
+    real = sink.read().sort_values("severity").iloc[-1]
+    now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+
+    def copy(event_id: str, start: datetime) -> EventRecord:
+        return EventRecord(
+            event_id=event_id, entity=real.entity, start_ts=start,
+            end_ts=start + timedelta(minutes=5), peak_ts=start, peak_score=real.peak_score,
+            threshold=real.threshold, severity=real.severity, p_value=real.p_value,
+            n_points=3, top_channels=real.top_channels, model_name=real.model_name,
+            model_version=real.model_version, run_id=real.run_id, scored_at=now)
+
+    sink.write([copy("walk-recent", now - timedelta(days=2)),
+                copy("walk-older", now - timedelta(days=10))])
+    page.goto(server + "/?status=all")
+    page.select_option("select[name=range]", "7d")
+    assert page.locator("input[name=start]").is_disabled()  # from/to give way to the range
+    page.click("#filters button[type=submit]")
+    page.wait_for_url("**range=7d**")
+    ids = page.locator("#events tbody tr").evaluate_all(
+        "rows => rows.map(r => r.dataset.eventId)")
+    assert ids == ["walk-recent"]
+    assert "Last 7 d" in page.inner_text("#range-note")
+    page.click("tr[data-event-id='walk-recent'] a")
+    page.wait_for_url("**/events/walk-recent")
+    assert page.get_attribute("#mlflow-run", "href") == f"{MLFLOW_UI}/#/runs/{real.run_id}"
+    assert page.get_attribute("#mlflow-model", "href") == (
+        f"{MLFLOW_UI}/#/models/{real.model_name}/versions/{real.model_version}")
+    assert page.inner_text("#event-status").strip() == "open"
+    page.get_by_role("button", name="Acknowledge").click()
+    page.wait_for_load_state()
+    assert page.inner_text("#event-status").strip() == "acknowledged"
+    page.goto(server + "/alarm-rate")
+    day = (now - timedelta(days=2)).strftime("%Y-%m-%d")
+    row = page.locator(f"#alarm-rate tr[data-model='{real.model_name}:{real.model_version}']"
+                       f"[data-day='{day}']")
+    assert row.locator("td.true-anomalies").inner_text() == "1"
+    assert row.locator("td.false-alarms").inner_text() == "0"
+    assert "left out" in page.inner_text(".notes")
+    assert page.problems == []
+
+
+def test_events_table_fits_a_1366_px_laptop_screen(page, server, tmp_path):
+    page.set_viewport_size({"width": 1366, "height": 768})
+    page.goto(server + "/?status=all")
+    shots.wait_for_chart(page, "chart-hourly")
+    widths = page.evaluate("""() => ({doc: document.documentElement.scrollWidth,
+        table: document.getElementById('events').scrollWidth,
+        right: document.getElementById('events').getBoundingClientRect().right})""")
+    page.screenshot(path=str(tmp_path / "events-1366.png"))
+    assert widths["doc"] <= 1366 and widths["table"] <= 1366 and widths["right"] <= 1366, widths
+
+
+def test_auto_refresh_reloads_the_page_and_is_kept_in_the_url(page, server):
+    page.goto(server + "/?status=all&refresh=5")  # the select offers 30 s and up; 5 s is
+    assert page.input_value("#auto-refresh") == "5"  # the shortest the URL accepts
+    assert "refresh=5" in page.get_attribute("header nav a[href^='/alarm-rate']", "href")
+    page.evaluate("window.__before_reload = true")
+    page.wait_for_function("() => window.__before_reload === undefined", timeout=60_000)
+    assert "refresh=5" in page.url
+    # Choosing "off" in the header drops it from the URL and stops reloading.
+    page.select_option("#auto-refresh", "")
+    page.wait_for_url(lambda u: "refresh" not in u)
+    page.select_option("#auto-refresh", "60")
+    page.wait_for_url("**refresh=60**")
     assert page.problems == []
