@@ -461,6 +461,15 @@ class CalibrationConfig(_Strict):
             the threshold on that score is fitted by ``method`` as usual, so a step alarms
             when any channel exceeds its own threshold and the step-level false-alarm
             rate is still the one ``method`` controls.
+        adaptive: ``none`` (the threshold is frozen at training time) or ``aci``: scheduled
+            (incremental) scoring moves each entity's threshold online by adaptive
+            conformal inference so that its long-run alarm rate stays at ``alpha`` under
+            drift (docs/thresholds.md); the state is kept per (model, entity) in the sink.
+        aci_gamma: ``aci``: the step size; None: ``alpha / 10``. The flagged steps never
+            exceed ``alpha * T + alpha / aci_gamma + 1`` after ``T`` steps.
+        aci_window: ``aci``: the quantile is taken over a rolling window of this many
+            scores (the calibration scores at first, replaced by the entity's recent
+            unflagged scores); None: over the calibration scores only.
     """
 
     method: Literal["conformal", "pot", "quantile", "k_sigma", "best_f1"] = "conformal"
@@ -471,6 +480,9 @@ class CalibrationConfig(_Strict):
     max_alerts_per_day: float | None = Field(None, gt=0)
     per_entity: bool = False
     per_channel: bool = False
+    adaptive: Literal["none", "aci"] = "none"
+    aci_gamma: float | None = Field(None, gt=0, lt=1)
+    aci_window: int | None = Field(None, ge=1)
 
 
 class EventsConfig(_Strict):

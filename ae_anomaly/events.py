@@ -56,6 +56,8 @@ class Event:
             was given.
         key: what tells apart events of one entity that start at the same time (a flow
             record's content hash for per-row events); None for series events.
+        threshold: the threshold at the peak step when thresholds vary per step (an
+            adaptive rule); None when one threshold applies to the whole series.
     """
 
     entity: str
@@ -70,6 +72,7 @@ class Event:
     channel_error: np.ndarray = field(repr=False)
     min_p_value: float | None = None
     key: str | None = None
+    threshold: float | None = None
 
     @property
     def length(self) -> int:
@@ -115,6 +118,7 @@ class Event:
             and self.n_flagged == other.n_flagged
             and np.array_equal(self.channel_error, other.channel_error)
             and self.min_p_value == other.min_p_value
+            and self.threshold == other.threshold
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -134,6 +138,7 @@ class _OpenEvent:
         "n_flagged",
         "channel_error",
         "min_p",
+        "peak_thr",
     )
 
     def __init__(self, idx: int, ts: Any, n_channels: int) -> None:
@@ -147,13 +152,16 @@ class _OpenEvent:
         self.n_flagged = 0
         self.channel_error = np.zeros(n_channels, dtype=np.float64)
         self.min_p: float | None = None
+        self.peak_thr: float | None = None
 
-    def add(self, idx: int, ts: Any, score: float, err: np.ndarray, p: float | None) -> None:
+    def add(self, idx: int, ts: Any, score: float, err: np.ndarray, p: float | None,
+            thr: float | None = None) -> None:
         """Add one flagged point (in step order)."""
         self.n_flagged += 1
         self.channel_error += err
         if score > self.peak_score:
             self.peak_score, self.peak_idx, self.peak_ts = score, idx, ts
+            self.peak_thr = thr
         if p is not None and (self.min_p is None or p < self.min_p):
             self.min_p = p
 
@@ -187,7 +195,8 @@ class EventBuilder:
         self._tail = np.zeros(0, dtype=bool)  # flags of the last n - 1 steps
         self._open: _OpenEvent | None = None
         # flagged non-alarm points after the open event's last alarm point
-        self._pending: list[tuple[int, Any, float, np.ndarray, float | None]] = []
+        self._pending: list[tuple[int, Any, float, np.ndarray, float | None,
+                                  float | None]] = []
         self._blocked_until = -1  # alarm points at steps <= this are suppressed (cooldown)
         self._n_channels: int | None = None
 
@@ -197,7 +206,8 @@ class EventBuilder:
         return self._pos
 
     def push(
-        self, timestamps: Sequence[Any], scores: np.ndarray, channel_errors: np.ndarray
+        self, timestamps: Sequence[Any], scores: np.ndarray, channel_errors: np.ndarray,
+        thresholds: np.ndarray | None = None,
     ) -> list[Event]:
         """Add the next steps of the entity's series.
 
@@ -206,6 +216,8 @@ class EventBuilder:
                 positionally).
             scores: anomaly scores, shape (T,).
             channel_errors: per-channel errors, shape (T, C) (or (T,) for one channel).
+            thresholds: per-step thresholds, shape (T,) (an adaptive rule), used instead
+                of the builder's threshold; events then carry the one at their peak.
 
         Returns:
             The events closed by the end of this chunk, in order.
@@ -224,6 +236,11 @@ class EventBuilder:
             )
         if len(timestamps) != n_steps:
             raise ValueError(f"got {len(timestamps)} timestamps for {n_steps} scores")
+        thr: np.ndarray | float = self.threshold
+        if thresholds is not None:
+            thr = np.asarray(thresholds, dtype=np.float64).ravel()
+            if thr.size != n_steps:
+                raise ValueError(f"got {thr.size} thresholds for {n_steps} scores")
         if self._n_channels is None:
             self._n_channels = errs.shape[1]
         elif errs.shape[1] != self._n_channels:
@@ -236,7 +253,7 @@ class EventBuilder:
         ts_at = getattr(timestamps, "iloc", timestamps).__getitem__
 
         base = self._pos
-        flags = s > self.threshold
+        flags = s > thr
         alarm = flags & (self._window_counts(flags) >= self.rules.k)
         self._pos += n_steps
 
@@ -253,7 +270,8 @@ class EventBuilder:
             g = base + i
             if self._open is not None and g > self._open.last_idx + gap + 1:
                 self._close(closed)
-            point = (g, ts_at(i), float(s[i]), errs[i], p_vals[j])
+            point = (g, ts_at(i), float(s[i]), errs[i], p_vals[j],
+                     None if thresholds is None else float(thr[i]))  # type: ignore[index]
             if is_alarm:
                 if self._open is not None:
                     for pending in self._pending:
@@ -266,7 +284,7 @@ class EventBuilder:
                 self._open.add(*point)
                 self._open.last_idx, self._open.last_ts = g, point[1]
             elif self._open is not None:
-                self._pending.append((*point[:3], point[3].copy(), point[4]))
+                self._pending.append((*point[:3], point[3].copy(), *point[4:]))
         if self._open is not None and self._pos > self._open.last_idx + gap + 1:
             self._close(closed)
         return closed
@@ -317,6 +335,7 @@ class EventBuilder:
                 n_flagged=ev.n_flagged,
                 channel_error=ev.channel_error,
                 min_p_value=ev.min_p,
+                threshold=ev.peak_thr,
             )
         )
 

@@ -77,6 +77,24 @@ class Watermark:
         return (self.resume_after, self.scored_through, self.read_through, self.source_seq)
 
 
+@dataclass(frozen=True)
+class ThresholdState:
+    """An adaptive threshold rule's state for one (model name, entity).
+
+    Attributes:
+        state: the rule's JSON-serialisable state (with its frozen settings).
+        through: the step the state has advanced through (the watermark's
+            ``resume_after``: the next run applies it to the steps after); None: the start.
+        model_version: the model version whose scores the state was built on.
+        updated_at: when it was written (UTC).
+    """
+
+    state: dict[str, Any]
+    through: datetime | None
+    model_version: str = ""
+    updated_at: datetime | None = None
+
+
 @dataclass
 class IncrementWrite:
     """What writing one entity's increment did."""

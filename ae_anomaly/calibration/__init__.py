@@ -1,6 +1,7 @@
 """Calibration: threshold rules fitted on normal scores (alarm -> event rules live in
 :mod:`ae_anomaly.events`)."""
 
+from ae_anomaly.calibration.adaptive import AciState, AdaptiveConformal
 from ae_anomaly.calibration.thresholds import (
     RULE_NAMES,
     BestF1Threshold,
@@ -19,6 +20,8 @@ from ae_anomaly.calibration.thresholds import (
 
 __all__ = [
     "RULE_NAMES",
+    "AciState",
+    "AdaptiveConformal",
     "BestF1Threshold",
     "ConformalThreshold",
     "KSigmaThreshold",

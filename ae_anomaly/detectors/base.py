@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from ae_anomaly.calibration import ThresholdRule, rule_from_config
+from ae_anomaly.calibration import AdaptiveConformal, ThresholdRule, rule_from_config
 from ae_anomaly.config import CalibrationConfig, PostprocessConfig, TrainingConfig
 from ae_anomaly.errors import AeAnomalyError, ConfigError
 from ae_anomaly.events import Event
@@ -306,6 +306,18 @@ class BaseDetector:
     def threshold_for(self, entity: str | None) -> float:
         """The alarm threshold of an entity; entities unseen in training get the global one."""
         return float(self.rule_for(entity).threshold_)
+
+    def adaptive_rule_for(self, entity: str | None) -> AdaptiveConformal | None:
+        """The online threshold rule of an entity (``calibration.adaptive``), built from
+        the frozen settings and the entity's calibration scores; None when thresholds are
+        static. Scheduled scoring applies it from the entity's stored state."""
+        cfg = self.calibration
+        if cfg.adaptive == "none":
+            return None
+        rule = self.rule_for(entity)
+        gamma = cfg.aci_gamma if cfg.aci_gamma is not None else rule.alpha / 10.0
+        assert rule.calibration_scores_ is not None
+        return AdaptiveConformal(rule.alpha, gamma, rule.calibration_scores_, cfg.aci_window)
 
     def p_values(self, scores: np.ndarray, entity: str | None = None) -> np.ndarray:
         """Conformal p-values of scores against the (entity's) calibration set."""

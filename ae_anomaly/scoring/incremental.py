@@ -20,6 +20,11 @@ series would have written:
 * Late data (rows ingested after the watermark, at or before the newest step read) and
   ``backfill`` move the start back to a clean step before the earliest changed score,
   found by re-scoring backwards from there.
+* Adaptive thresholds (``calibration.adaptive``) carry one more state from step to step:
+  the rule's state *at* ``resume_after`` is stored with the watermark, in the same
+  transaction, so the next run (or a re-run of a failed one) applies the rule to the steps
+  after it from exactly there and nothing is counted twice. Late data and backfills re-score
+  such an entity from its first step, the one earlier point whose state is known.
 """
 
 from __future__ import annotations
@@ -31,11 +36,18 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
+from ae_anomaly.calibration import AciState, AdaptiveConformal
 from ae_anomaly.config import EventsConfig, ScoringConfig
 from ae_anomaly.data.timeseries import TS
 from ae_anomaly.detectors import BaseDetector
 from ae_anomaly.events import Event, EventBuilder
-from ae_anomaly.records import EventRecord, IncrementWrite, ModelRef, Watermark
+from ae_anomaly.records import (
+    EventRecord,
+    IncrementWrite,
+    ModelRef,
+    ThresholdState,
+    Watermark,
+)
 from ae_anomaly.scoring.job import to_records
 from ae_anomaly.scoring.stream import StreamingScorer
 from ae_anomaly.sinks.base import IncrementalSink
@@ -111,6 +123,8 @@ class _Scan:
     range_end: datetime | None = None
     read_through: datetime | None = None  # the newest step read
     clean_ts: datetime | None = None  # latest clean step of the scan (None: none found)
+    scores: list[np.ndarray] = field(default_factory=list)  # kept for adaptive thresholds
+    aci_state: AciState | None = None  # the adaptive rule's state at clean_ts
 
     def ts_at(self, i: int) -> datetime:
         for block in self.stamps:
@@ -209,6 +223,7 @@ class IncrementalScorer:
         seq_now = self.source.max_seq(entity)  # before reading: later rows are newer
         resume = wm0.resume_after if wm0 is not None else None
         out = EntityOutcome(entity, resume)
+        aci = self.det.adaptive_rule_for(entity)
         # Rows ingested since the last run at or before the newest step it read change
         # scores it already treated as final: re-score from a clean step before them.
         reach = (wm0.read_through or wm0.scored_through) if wm0 is not None else None
@@ -217,13 +232,16 @@ class IncrementalScorer:
             earliest = self.source.earliest_since_seq(entity, wm0.source_seq)
             if earliest is not None and earliest <= reach:
                 out.late_from = earliest
-                clean = self.clean_point_before(entity, earliest)
+                # Adaptive thresholds: the rule's state is known only at the watermark and
+                # at the start, so the entity is re-scored from its first step.
+                clean = None if aci is not None else self.clean_point_before(entity, earliest)
                 if clean is None or (resume is not None and clean < resume):
                     resume = clean
                 out.start_after = resume
                 log.info("%s: late data from %s: re-scoring after %s", entity, earliest,
                          resume)
-        scan = self._scan(entity, resume, stop_after=None)
+        state0 = self._aci_start(entity, aci, resume) if aci is not None else None
+        scan = self._scan(entity, resume, stop_after=None, aci_state=state0)
         out.steps, out.flagged = scan.steps, len(scan.flagged)
         if scan.steps == 0:
             return out
@@ -233,13 +251,40 @@ class IncrementalScorer:
             resume_after=scan.clean_ts if scan.clean_ts is not None else resume,
             scored_through=scan.range_end, read_through=scan.read_through, source_seq=seq,
             model_version=str(self.model.version), job_id=self.job_id)
+        threshold_state = None
+        if aci is not None:
+            assert scan.aci_state is not None
+            threshold_state = ThresholdState(
+                state={"params": aci.params(), **scan.aci_state.to_dict()},
+                through=out.watermark.resume_after, model_version=str(self.model.version))
         out.write = self.sink.write_increment(
             self.model.name, entity, records, replace_after=resume,
             replace_through=scan.range_end, watermark=out.watermark, expected=wm0,
-            check_expected=True)
+            check_expected=True, threshold_state=threshold_state)
         if out.write.skipped:
             log.info("%s: %s; nothing written", entity, out.write.reason)
         return out
+
+    def _aci_start(self, entity: str, aci: AdaptiveConformal,
+                   resume: datetime | None) -> AciState:
+        """The adaptive rule's state at ``resume``: the stored one when it was written for
+        that step by the same model version and settings, else the initial state."""
+        stored = self.sink.read_threshold_state(self.model.name, entity)
+        if stored is None:
+            if resume is not None:
+                log.info("%s: no adaptive threshold state yet: starting it after %s",
+                         entity, resume)
+            return aci.initial_state()
+        if stored.through != resume:
+            log.info("%s: adaptive threshold state is for the step %s, scoring restarts "
+                     "after %s: starting it afresh", entity, stored.through, resume)
+            return aci.initial_state()
+        if (stored.model_version != str(self.model.version)
+                or stored.state.get("params") != aci.params()):
+            log.info("%s: model version or adaptive settings changed: starting the "
+                     "adaptive threshold afresh", entity)
+            return aci.initial_state()
+        return AciState.from_dict(stored.state)
 
     def _records(self, scan: _Scan, out: EntityOutcome) -> list[EventRecord]:
         """The scan's closed and open events as records; counts them into ``out``."""
@@ -250,7 +295,10 @@ class IncrementalScorer:
 
     def _backfill(self, entity: str, start: datetime | None,
                   end: datetime | None) -> EntityOutcome:
-        begin = self.clean_point_before(entity, start) if start is not None else None
+        # Adaptive thresholds: from the first step with the initial state (the stored state
+        # belongs to the watermark, which a backfill leaves alone).
+        begin = (self.clean_point_before(entity, start)
+                 if start is not None and self.det.adaptive_rule_for(entity) is None else None)
         out = EntityOutcome(entity, begin)
         scan = self._scan(entity, begin, stop_after=end)
         out.steps, out.flagged = scan.steps, len(scan.flagged)
@@ -264,23 +312,29 @@ class IncrementalScorer:
 
     # ------------------------------------------------------------------ scanning
     def _scan(self, entity: str, after: datetime | None,
-              stop_after: datetime | None) -> _Scan:
+              stop_after: datetime | None, aci_state: AciState | None = None) -> _Scan:
         """Score the steps after ``after`` and find their events.
 
         Without ``stop_after`` the scan reads to the newest data and the event still open
         at its end is returned in ``open``. With it, the scan stops at the first clean step
-        at or after ``stop_after``; events starting later are left out.
+        at or after ``stop_after``; events starting later are left out. With adaptive
+        thresholds the rule runs from ``aci_state`` (None: its initial state) and
+        ``scan.aci_state`` is its state at the scan's clean step.
         """
         det = self.det
         validate = self.source.validator(self.metrics, entity)
         thr = det.threshold_for(entity)
+        aci = det.adaptive_rule_for(entity)
+        state0 = aci_state if aci is not None and aci_state is not None else (
+            aci.initial_state() if aci is not None else None)
+        state = state0
         scorer = StreamingScorer(det, self.scoring_cfg.batch_size, entity)
         builder = EventBuilder(entity, self.events_cfg, thr, det.rule_for(entity).p_values)
         scan = _Scan()
         skip = 0
 
         def consume(out: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-            nonlocal skip
+            nonlocal skip, state
             ts, scores, ch = out
             if skip:
                 d = min(skip, len(ts))
@@ -288,11 +342,15 @@ class IncrementalScorer:
                 skip -= d
             if not len(ts):
                 return
-            flags = np.flatnonzero(scores > thr)
+            steps_thr = None
+            if aci is not None:
+                steps_thr, state = aci.thresholds(scores, state)
+                scan.scores.append(scores)
+            flags = np.flatnonzero(scores > (thr if steps_thr is None else steps_thr))
             scan.flagged.extend((flags + scan.steps).tolist())
             scan.stamps.append(ts)
             scan.steps += len(ts)
-            scan.closed.extend(builder.push(ts, scores, ch))
+            scan.closed.extend(builder.push(ts, scores, ch, thresholds=steps_thr))
 
         if after is not None:
             ctx = self.source.rows_before(entity, after, self.before, self.metrics, validate)
@@ -323,6 +381,10 @@ class IncrementalScorer:
         scan.range_end = scan.ts_at(scan.steps - 1)
         t = latest_clean(scan.flagged, scan.steps - 1, self.reach)
         scan.clean_ts = scan.ts_at(t) if t >= 0 else None
+        if aci is not None:
+            # The state after the clean step (where the next run resumes): replay the prefix.
+            scan.aci_state = (aci.thresholds(np.concatenate(scan.scores)[:t + 1], state0)[1]
+                              if t >= 0 else state0)
         return scan
 
     def clean_point_before(self, entity: str, first: datetime) -> datetime | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -145,7 +146,9 @@ def to_records(events: list[Event], detector: BaseDetector, model: ModelRef,
     out = []
     for ev in events:
         start = pd.Timestamp(ev.start_ts).to_pydatetime()
-        threshold = detector.threshold_for(ev.entity)
+        # An adaptive rule's threshold at the peak; the frozen one where none (or none finite).
+        threshold = (ev.threshold if ev.threshold is not None and math.isfinite(ev.threshold)
+                     else detector.threshold_for(ev.entity))
         out.append(EventRecord(
             event_id=event_id(model, ev.entity, ev.start_ts, ev.key),
             entity=ev.entity,

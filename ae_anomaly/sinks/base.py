@@ -15,7 +15,7 @@ from typing import Protocol
 
 import pandas as pd
 
-from ae_anomaly.records import EventRecord, IncrementWrite, Watermark
+from ae_anomaly.records import EventRecord, IncrementWrite, ThresholdState, Watermark
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,10 @@ class IncrementalSink(Sink, Protocol):
         """The stored watermark, or None when the entity was never scored."""
         ...
 
+    def read_threshold_state(self, model_name: str, entity: str) -> ThresholdState | None:
+        """The stored adaptive-threshold state, or None."""
+        ...
+
     def write_increment(
         self,
         model_name: str,
@@ -72,6 +76,7 @@ class IncrementalSink(Sink, Protocol):
         watermark: Watermark | None,
         expected: Watermark | None = None,
         check_expected: bool = False,
+        threshold_state: ThresholdState | None = None,
     ) -> IncrementWrite:
         """Write one entity's re-scored range and its watermark in one transaction.
 
@@ -89,5 +94,7 @@ class IncrementalSink(Sink, Protocol):
             expected: the watermark the run started from.
             check_expected: when True and another run moved the watermark since (to a
                 position at least as far as ``watermark``), write nothing.
+            threshold_state: the adaptive threshold rule's new state (None: leave it),
+                written in the same transaction.
         """
         ...

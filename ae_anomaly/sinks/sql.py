@@ -1,7 +1,8 @@
 """The anomaly table in any SQLAlchemy database (SQLite embedded, PostgreSQL for real use).
 
 The project creates and migrates its own tables (docs/schema.md): the anomaly table, its
-watermarks (``<table>_watermarks``), the dashboards' view ``<table>_latest`` and a
+watermarks (``<table>_watermarks``), the adaptive thresholds' state
+(``<table>_threshold_state``), the dashboards' view ``<table>_latest`` and a
 ``schema_version`` row per anomaly table.
 
 ``write(records)`` upserts on ``event_id`` in one transaction: a re-run of the same job
@@ -9,8 +10,9 @@ inserts nothing, and an event whose content changed (it grew, a later chunk rais
 is updated in place. ``scored_at`` changes only when the content does, so re-scoring the
 same data leaves the table byte-for-byte the same.
 
-``write_increment`` is the incremental scorer's write: one entity's re-scored range and its
-watermark, in one transaction, serialised per (model name, entity) across processes.
+``write_increment`` is the incremental scorer's write: one entity's re-scored range, its
+watermark and (adaptive thresholds) its threshold state, in one transaction, serialised per
+(model name, entity) across processes.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from ae_anomaly.db import (
     utcnow,
     version_table,
 )
-from ae_anomaly.records import EventRecord, IncrementWrite, Watermark
+from ae_anomaly.records import EventRecord, IncrementWrite, ThresholdState, Watermark
 from ae_anomaly.sinks.base import EventQuery
 
 log = logging.getLogger(__name__)
@@ -130,6 +132,25 @@ def watermarks_table(metadata: MetaData, table: str = "anomaly_events") -> Table
     )
 
 
+def threshold_state_name(table: str) -> str:
+    """Name of the adaptive-threshold state table that belongs to an anomaly table."""
+    return f"{table}_threshold_state"
+
+
+def threshold_state_table(metadata: MetaData, table: str = "anomaly_events") -> Table:
+    """Per (model name, entity): the adaptive threshold rule's state (docs/thresholds.md)."""
+    return Table(
+        threshold_state_name(table),
+        metadata,
+        Column("model_name", String(256), primary_key=True),
+        Column("entity", String(256), primary_key=True),
+        Column("model_version", String(64), nullable=False),
+        Column("through_ts", DateTime),
+        Column("state", JSON, nullable=False),
+        Column("updated_at", DateTime, nullable=False),
+    )
+
+
 def _view_sql(conn: Connection, table: str) -> str:
     q = conn.dialect.identifier_preparer.quote
     t, v = q(table), q(view_name(table))
@@ -168,10 +189,14 @@ def ensure_schema(engine: Engine, table: str = "anomaly_events") -> None:
     md = MetaData()
     events_table(md, table)
     watermarks_table(md, table)
+    state = threshold_state_table(md, table)
     versions = version_table(md)
     with engine.begin() as conn:
         transaction_lock(conn, "schema", table)
         versions.create(conn, checkfirst=True)
+        # A table of its own, read only by scheduled scoring: created when missing at any
+        # schema version (no migration of existing tables involved).
+        state.create(conn, checkfirst=True)
         current = read_schema_version(conn, versions, table)
         if current is None:
             current = 1 if inspect(conn).has_table(table) else 0
@@ -222,6 +247,7 @@ class SqlSink:
         self.metadata = MetaData()
         self.table = events_table(self.metadata, table)
         self.watermarks = watermarks_table(self.metadata, table)
+        self.threshold_states = threshold_state_table(self.metadata, table)
         ensure_schema(self.engine, table)
 
     def _upsert(self, rows: list[dict[str, Any]]) -> Any:
@@ -279,11 +305,13 @@ class SqlSink:
         watermark: Watermark | None,
         expected: Watermark | None = None,
         check_expected: bool = False,
+        threshold_state: ThresholdState | None = None,
     ) -> IncrementWrite:
         """Write one entity's re-scored range and its watermark in one transaction.
 
         See :meth:`ae_anomaly.sinks.base.IncrementalSink.write_increment`. Rows whose
         content did not change beyond float noise are left untouched (``scored_at`` kept).
+        ``threshold_state`` (adaptive thresholds) is written in the same transaction.
         """
         t, out = self.table, IncrementWrite()
         for r in records:
@@ -324,7 +352,31 @@ class SqlSink:
             self._execute_upserts(conn, rows)
             if watermark is not None:
                 self._put_watermark(conn, model_name, entity, watermark)
+            if threshold_state is not None:
+                self._put_threshold_state(conn, model_name, entity, threshold_state)
         return out
+
+    def _put_threshold_state(self, conn: Connection, model_name: str, entity: str,
+                             st: ThresholdState) -> None:
+        row = {"model_name": model_name, "entity": entity, "model_version": st.model_version,
+               "through_ts": st.through, "state": st.state,
+               "updated_at": st.updated_at or utcnow()}
+        cols = [c for c in row if c not in ("model_name", "entity")]
+        conn.execute(upsert_statement(self.engine, self.threshold_states, [row],
+                                      ["model_name", "entity"], cols))
+
+    def read_threshold_state(self, model_name: str, entity: str) -> ThresholdState | None:
+        """The stored adaptive-threshold state of (model name, entity), or None."""
+        s = self.threshold_states
+        with self.engine.connect() as conn:
+            row = conn.execute(select(s).where(s.c.model_name == model_name,
+                                               s.c.entity == entity)).first()
+        if row is None:
+            return None
+        m = row._mapping
+        state = json.loads(m["state"]) if isinstance(m["state"], str) else m["state"]
+        return ThresholdState(state=state, through=m["through_ts"],
+                              model_version=m["model_version"], updated_at=m["updated_at"])
 
     def _put_watermark(self, conn: Connection, model_name: str, entity: str,
                        wm: Watermark) -> None:

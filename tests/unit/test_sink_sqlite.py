@@ -39,3 +39,20 @@ def test_changed_event_is_updated_in_place(tmp_path):
 
 def test_empty_write(tmp_path):
     assert SqlSink(f"sqlite:///{tmp_path}/a.db").write([]) == 0
+
+
+def test_threshold_state_is_written_with_the_increment(tmp_path):
+    from ae_anomaly.records import ThresholdState, Watermark
+
+    sink = SqlSink(f"sqlite:///{tmp_path}/a.db")
+    assert sink.read_threshold_state("m", "host-1") is None
+    through = datetime(2026, 1, 1, 0, 3)
+    st = ThresholdState(state={"alpha_t": 0.01, "steps": 4, "window": [0.5, 1.25]},
+                        through=through, model_version="1")
+    wm = Watermark(resume_after=through, scored_through=datetime(2026, 1, 1, 0, 9))
+    sink.write_increment("m", "host-1", [record(1)], None, None, wm, threshold_state=st)
+    got = sink.read_threshold_state("m", "host-1")
+    assert (got.state, got.through, got.model_version) == (st.state, through, "1")
+    # Without a state the stored one is left alone.
+    sink.write_increment("m", "host-1", [record(1)], None, None, wm)
+    assert sink.read_threshold_state("m", "host-1").state == st.state
