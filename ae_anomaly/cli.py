@@ -311,7 +311,10 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
-        handler.addFilter(_MaskSecrets())
+        handler.addFilter(_MASK_SECRETS)
+    # Prefect's run loggers write to their own handlers and to Prefect's database.
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_MASK_SECRETS)
     # Prefect logs a failed task's traceback; for errors the user can act on, the one-line
     # message printed by main() is the whole story.
     if not verbose:
@@ -334,6 +337,9 @@ class _MaskSecrets(logging.Filter):
         if has_secret(message):
             record.msg, record.args = mask_text(message), None
         return True
+
+
+_MASK_SECRETS = _MaskSecrets()  # one instance: adding it again is a no-op
 
 
 class _DropUserErrorTracebacks(logging.Filter):

@@ -91,3 +91,15 @@ def test_cli_config_output_masks_passwords(capsys) -> None:
     assert main(["config", "--set", "sink.url=postgresql+psycopg://ae:hunter2@db/x"]) == 0
     out = capsys.readouterr().out
     assert "hunter2" not in out and "ae:***@db/x" in out
+
+
+def test_cli_log_lines_mask_passwords(caplog) -> None:
+    import logging
+
+    from ae_anomaly.cli import _setup_logging
+
+    _setup_logging(False)
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("prefect.flow_runs").warning(
+            "cannot reach %s", "postgresql+psycopg://ae:hunter2@db/x")
+    assert "hunter2" not in caplog.text and "ae:***@db/x" in caplog.text
