@@ -100,6 +100,6 @@ def test_cli_log_lines_mask_passwords(caplog) -> None:
 
     _setup_logging(False)
     with caplog.at_level(logging.WARNING):
-        logging.getLogger("prefect.flow_runs").warning(
+        logging.getLogger("prefect").warning(
             "cannot reach %s", "postgresql+psycopg://ae:hunter2@db/x")
     assert "hunter2" not in caplog.text and "ae:***@db/x" in caplog.text
