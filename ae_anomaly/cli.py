@@ -401,6 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_MASK_SECRETS)
+    # Prefect's run loggers write to their own handlers and to Prefect's database.
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_MASK_SECRETS)
     # Prefect logs a failed task's traceback; for errors the user can act on, the one-line
     # message printed by main() is the whole story.
     if not verbose:
@@ -411,6 +416,21 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger("prefect").addFilter(_DropUserErrorTracebacks())
         for name in ("prefect.flow_runs", "prefect.task_runs"):
             logging.getLogger(name).addFilter(_DropUserErrorTracebacks())
+
+
+class _MaskSecrets(logging.Filter):
+    """Mask passwords (URLs, ``password=``) in every line the console handler writes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from ae_anomaly.secrets import has_secret, mask_text
+
+        message = record.getMessage()
+        if has_secret(message):
+            record.msg, record.args = mask_text(message), None
+        return True
+
+
+_MASK_SECRETS = _MaskSecrets()  # one instance: adding it again is a no-op
 
 
 class _DropUserErrorTracebacks(logging.Filter):
@@ -481,11 +501,15 @@ def _load_config(args: argparse.Namespace) -> tuple[AppConfig, list[str]]:
     """The command's configuration and its overrides (``train --input`` is one); loaded
     before any flow starts, so a config error fails fast, without Prefect."""
     from ae_anomaly.config import load_config
+    from ae_anomaly.secrets import stash_secrets
 
     overrides = list(args.overrides)
     if args.command == "train" and args.input:
         overrides.append(f"data.train={args.input}")
-    return load_config(args.config, overrides), overrides
+    cfg = load_config(args.config, overrides)
+    # The overrides become Prefect flow-run parameters (stored in Prefect's database): the
+    # passwords in them travel as ${AE_ANOMALY_SECRET_<n>} references to this environment.
+    return cfg, stash_secrets(overrides)
 
 
 def _csv(text: str | None) -> list[str]:
@@ -582,6 +606,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ae_anomaly import pipeline
     from ae_anomaly.config import expand_path, load_config, resolve_config_path, state_home
     from ae_anomaly.data.synthetic_netflow import write_netflow_demo_data
+    from ae_anomaly.secrets import mask_url
     from ae_anomaly.sinks import EventQuery, open_sink
     from ae_anomaly.tracking import Tracker
 
@@ -659,8 +684,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nInjected anomalies (ground truth): {data.anomalies}")
     if fdata is not None:
         print(f"Injected attacks (ground truth):   {fdata.attacks}")
-    store = expand_path(cfg.tracking.tracking_uri)
-    print(f"Anomaly table:   {expand_path(cfg.sink.url)}  (table {cfg.sink.table})")
+    store = mask_url(expand_path(cfg.tracking.tracking_uri))
+    print(f"Anomaly table:   {mask_url(expand_path(cfg.sink.url))}  (table {cfg.sink.table})")
     print(f"MLflow store:    {store}")
     print(f"MLflow UI:       mlflow ui --backend-store-uri {store} --port 5000")
     _print_next_steps(args.config)
@@ -797,7 +822,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     """``ae-anomaly config``: the resolved configuration as JSON."""
     cfg, _ = _load_config(args)
-    print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    from ae_anomaly.secrets import mask_values
+
+    print(json.dumps(mask_values(cfg.model_dump(mode="json")), indent=2))
     return 0
 
 
@@ -904,7 +931,7 @@ def main(argv: list[str] | None = None) -> int:
     except AeAnomalyError as exc:
         if args.verbose:
             raise
-        print(f"ae-anomaly: error: {exc}", file=sys.stderr)
+        _print_error(str(exc))
         return 2
     except KeyboardInterrupt:
         print("ae-anomaly: interrupted", file=sys.stderr)
@@ -916,10 +943,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         # Database unreachable (after the retries): one line; nothing was half-written.
         detail = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
-        print(f"ae-anomaly: error: {type(exc).__name__}: {detail} (transient: the run "
-              "retried and gave up; nothing was half-written, run it again later)",
-              file=sys.stderr)
+        _print_error(f"{type(exc).__name__}: {detail} (transient: the run retried and gave "
+                     "up; nothing was half-written, run it again later)")
         return 3
+
+
+def _print_error(message: str) -> None:
+    """The one error line on stderr, with any password in it masked."""
+    from ae_anomaly.secrets import mask_text
+
+    print(f"ae-anomaly: error: {mask_text(message)}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

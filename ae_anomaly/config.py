@@ -2,7 +2,9 @@
 
 Every model forbids unknown keys, so a typo fails loudly with the key and the file named.
 Paths may contain ``{home}``, which expands to the state folder (``AE_ANOMALY_HOME``,
-default ``./.ae_anomaly``).
+default ``./.ae_anomaly``). Any string value may contain ``${ENV_VAR}``, which is replaced
+by that environment variable when the configuration is loaded (the way to pass a password
+without writing it in a file or on a command line; see docs/security.md).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ae_anomaly.errors import ConfigError
+from ae_anomaly.secrets import interpolate_env, mask_text
 
 DEFAULT_HOME = ".ae_anomaly"
 
@@ -759,14 +762,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
     Args:
         path: YAML file; None for the built-in defaults.
-        overrides: ``dotted.key=value`` strings, applied after the file.
+        overrides: ``dotted.key=value`` strings, applied after the file; then
+            ``${ENV_VAR}`` references are resolved in every string value.
 
     Returns:
         The validated configuration.
 
     Raises:
-        ConfigError: the file is missing or unreadable, or a key or value is invalid; the
-            message names the file and the key.
+        ConfigError: the file is missing or unreadable, a key or value is invalid, or a
+            referenced environment variable is not set; the message names the file and
+            the key (passwords in overrides masked).
     """
     raw: dict[str, Any] = {}
     source = "defaults"
@@ -786,7 +791,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raw = loaded
     if overrides:
         apply_overrides(raw, overrides)
-        source = f"{source} with overrides {' '.join(overrides)}"
+        source = f"{source} with overrides {mask_text(' '.join(overrides))}"
+    try:
+        raw = interpolate_env(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     if isinstance(raw.get("model"), dict):
         raw["model"].setdefault("name", "conv_ae")  # the default family
     try:

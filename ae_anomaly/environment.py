@@ -18,6 +18,21 @@ QUIET_DEFAULTS = {
     "GIT_PYTHON_REFRESH": "quiet",
 }
 
+# MLflow retries an unanswered HTTP request 7 times with a doubling back-off (minutes) by
+# default; an unreachable tracking server should fail a run within seconds.
+MLFLOW_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+def apply_mlflow_http_defaults() -> None:
+    """Cap MLflow's HTTP retries and timeout (about 3 s to give up on a refused
+    connection) unless the user set ``MLFLOW_HTTP_REQUEST_*`` already."""
+    for key, value in MLFLOW_HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
 
 def apply_quiet_defaults() -> None:
     """Set telemetry-off and Prefect/MLflow defaults unless the user set them already.
@@ -27,6 +42,7 @@ def apply_quiet_defaults() -> None:
     """
     for key, value in QUIET_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    apply_mlflow_http_defaults()
     if "PREFECT_API_URL" not in os.environ:
         os.environ.setdefault("PREFECT_HOME", str(state_home() / "prefect"))
     if "PREFECT_HOME" in os.environ:

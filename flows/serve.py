@@ -17,6 +17,7 @@ from prefect import serve
 
 from ae_anomaly.config import load_config
 from ae_anomaly.errors import ConfigError
+from ae_anomaly.secrets import mask_url, stash_secrets
 
 from .score import score_flow
 from .train import train_flow
@@ -27,9 +28,12 @@ START_SERVER = "prefect server start --host 127.0.0.1 --port 4200"
 def build_deployments(config: str | None, overrides: list[str] | None = None) -> list[Any]:
     """The ``score`` and ``train`` deployments with their schedules and parameters."""
     cfg = load_config(config, overrides)
-    # Runs start in their own processes: give them an absolute config path.
+    # Runs start in their own processes: give them an absolute config path. Deployment
+    # parameters are stored by the Prefect server: passwords in the overrides travel as
+    # ${AE_ANOMALY_SECRET_<n>} references to this process's environment, which the runs
+    # started by serve() inherit.
     params = {"config": str(Path(config).resolve()) if config else None,
-              "overrides": list(overrides or [])}
+              "overrides": stash_secrets(list(overrides or []))}
     dep = cfg.deployment
     when: dict[str, Any] = (
         {"interval": timedelta(seconds=dep.score_interval_seconds)}
@@ -62,7 +66,7 @@ def check_api() -> str:
         err = client.api_healthcheck()
     if err is not None:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"the Prefect API at {url} does not answer ({first}): is "
+        raise ConfigError(f"the Prefect API at {mask_url(url)} does not answer ({first}): is "
                           f"'{START_SERVER}' running?")
     return url
 

@@ -27,10 +27,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.exceptions import MlflowException
 
 from ae_anomaly.config import AppConfig, EventsConfig, PromotionConfig
 from ae_anomaly.data.timeseries import ENTITY, TS
@@ -48,19 +46,14 @@ PREVIOUS = "previous"
 
 
 def load_version(tracker: Tracker, name: str, version: str) -> tuple[BaseDetector, ModelRef]:
-    """Load one registered version's detector (``models:/<name>/<version>``).
+    """Load one registered version's detector (:meth:`Tracker.load_version`: hashes
+    checked, nothing unpickled).
 
     Raises:
         ModelNotFoundError: no such model or version.
+        ModelIntegrityError: the version's files differ from those registered.
     """
-    try:
-        mv = tracker.client.get_model_version(name, str(version))
-    except MlflowException:
-        raise ModelNotFoundError(f"model '{name}' has no version {version} in "
-                                 f"{tracker.uri}") from None
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    det = model.unwrap_python_model().detector
-    return det, ModelRef(name=name, version=str(mv.version), run_id=mv.run_id or "")
+    return tracker.load_version(name, str(version))
 
 
 # ------------------------------------------------------------------------- evaluation

@@ -1,4 +1,11 @@
-"""MLflow: runs, the detector as a pyfunc model, the registry and its aliases."""
+"""MLflow: runs, the detector as a pyfunc model, the registry and its aliases.
+
+The detector is logged as a models-from-code pyfunc (``pyfunc_model.py``: no pickle in the
+model) and registered with the SHA-256 of each of its files (``integrity.py``). Loading
+never goes through ``mlflow.pyfunc.load_model``: it downloads the version's detector folder,
+checks the hashes and reads it with :func:`~ae_anomaly.detectors.load_detector` (JSON, a
+torch state_dict with ``weights_only=True``, arrays with ``allow_pickle=False``).
+"""
 
 from __future__ import annotations
 
@@ -20,12 +27,21 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from ae_anomaly.config import AppConfig, TrackingConfig, expand_path  # noqa: E402
 from ae_anomaly.detectors import BaseDetector, load_detector  # noqa: E402
-from ae_anomaly.errors import ModelNotFoundError  # noqa: E402
+from ae_anomaly.environment import apply_mlflow_http_defaults  # noqa: E402
+from ae_anomaly.errors import AeAnomalyError, ModelNotFoundError  # noqa: E402
 from ae_anomaly.records import ModelRef  # noqa: E402
+from ae_anomaly.secrets import mask_text, mask_url, mask_values  # noqa: E402
+from ae_anomaly.tracking.integrity import SHA256_TAG, hashes_tag, verify_files  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 PIP_REQUIREMENTS = ["ae-anomaly", "torch==2.13.0", "pandas", "numpy", "scikit-learn"]
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
+DETECTOR_ARTIFACT = "detector"  # the pyfunc artifact: <model>/artifacts/detector/
+
+
+class TrackingUnavailableError(AeAnomalyError):
+    """The MLflow tracking store does not answer (after MLflow's capped HTTP retries)."""
 
 
 class DetectorModel(mlflow.pyfunc.PythonModel):
@@ -71,10 +87,21 @@ class Tracker:
             uri = expand_path(uri)
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.uri = uri
+        if uri.startswith(("http://", "https://")):
+            apply_mlflow_http_defaults()
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         self.client = MlflowClient(uri, uri)
-        exp = self.client.get_experiment_by_name(cfg.experiment)
+        try:
+            exp = self.client.get_experiment_by_name(cfg.experiment)
+        except MlflowException as exc:
+            if not uri.startswith(("http://", "https://")):
+                raise
+            detail = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise TrackingUnavailableError(
+                f"MLflow tracking server {mask_url(uri)} does not answer ({mask_text(detail)});"
+                " MLFLOW_HTTP_REQUEST_MAX_RETRIES and MLFLOW_HTTP_REQUEST_TIMEOUT set how long "
+                "to wait") from None
         if exp is None:
             artifacts = Path(expand_path(cfg.artifact_location))
             artifacts.mkdir(parents=True, exist_ok=True)
@@ -82,6 +109,11 @@ class Tracker:
                                                                artifact_location=artifacts.as_uri())
         else:
             self.experiment_id = exp.experiment_id
+
+    @property
+    def display_uri(self) -> str:
+        """The tracking URI with any password masked (for messages and logs)."""
+        return mask_url(self.uri)
 
     # --------------------------------------------------------------- runs
     def start_run(self, run_name: str, tags: dict[str, str] | None = None) -> str:
@@ -104,8 +136,9 @@ class Tracker:
         return on_epoch
 
     def log_config(self, run_id: str, cfg: AppConfig) -> None:
-        """Log the resolved configuration (artifact) and its flattened params."""
-        data = cfg.model_dump(mode="json")
+        """Log the resolved configuration (artifact) and its flattened params, passwords
+        masked (``***``)."""
+        data = mask_values(cfg.model_dump(mode="json"))
         self.client.log_dict(run_id, data, "config/resolved.json")
         for k, v in flatten(data).items():
             self.client.log_param(run_id, k, str(v)[:6000])
@@ -129,27 +162,27 @@ class Tracker:
 
     # --------------------------------------------------------------- models
     def log_detector(self, run_id: str, det: BaseDetector, example: pd.DataFrame) -> ModelRef:
-        """Log the detector as a pyfunc model in the run and register a new version."""
+        """Log the detector as a pyfunc model (models-from-code, no pickle) in the run and
+        register a new version tagged with the SHA-256 of each detector file."""
         name = self.cfg.registered_model
         example = example.head(max(2 * det.min_samples, 8)).reset_index(drop=True)
         out = pd.DataFrame({"score": np.zeros(len(example)),
                             "is_anomaly": np.zeros(len(example), dtype=bool)})
         signature = infer_signature(example, out)
         with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
-            path = det.save(Path(tmp) / "detector")
+            path = det.save(Path(tmp) / DETECTOR_ARTIFACT)
             info = mlflow.pyfunc.log_model(
                 name="detector",
-                python_model=DetectorModel(),
-                artifacts={"detector": str(path)},
+                python_model=str(MODEL_CODE),
+                artifacts={DETECTOR_ARTIFACT: str(path)},
                 signature=signature,
                 input_example=example,
                 pip_requirements=PIP_REQUIREMENTS,
-                registered_model_name=name,
             )
-        version = str(info.registered_model_version)
-        self.client.set_model_version_tag(name, version, "threshold", f"{det.threshold_:.6g}")
-        self.client.set_model_version_tag(name, version, "model", det.model.name)
-        self.client.set_model_version_tag(name, version, "kind", det.kind)
+            tags = {"threshold": f"{det.threshold_:.6g}", "model": det.model.name,
+                    "kind": det.kind, SHA256_TAG: hashes_tag(path)}
+        mv = mlflow.register_model(info.model_uri, name, tags=tags)
+        version = str(mv.version)
         log.info("registered %s version %s", name, version)
         return ModelRef(name=name, version=version, run_id=run_id)
 
@@ -179,10 +212,11 @@ class Tracker:
 
     def load(self, alias: str | None = None, name: str | None = None) -> tuple[BaseDetector,
                                                                                 ModelRef]:
-        """Load ``models:/<name>@<alias>`` through MLflow and return the detector.
+        """Load the detector of ``models:/<name>@<alias>`` (see :meth:`load_version`).
 
         Raises:
             ModelNotFoundError: no such model or alias.
+            ModelIntegrityError: the version's files differ from those registered.
         """
         name = name or self.cfg.registered_model
         alias = alias or self.cfg.alias
@@ -190,12 +224,54 @@ class Tracker:
             mv = self.client.get_model_version_by_alias(name, alias)
         except MlflowException:
             raise ModelNotFoundError(
-                f"no model '{name}' with alias '{alias}' in {self.uri}: train one first "
-                f"(ae-anomaly train)"
+                f"no model '{name}' with alias '{alias}' in {self.display_uri}: train one "
+                f"first (ae-anomaly train)"
             ) from None
-        model = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
-        det = model.unwrap_python_model().detector
-        return det, ModelRef(name=name, version=str(mv.version), run_id=mv.run_id or "")
+        return self._load_model_version(mv)
+
+    def load_version(self, name: str, version: str) -> tuple[BaseDetector, ModelRef]:
+        """Load one registered version's detector, without unpickling anything.
+
+        The version's ``artifacts/detector`` folder is downloaded, its files are checked
+        against the SHA-256 tag recorded at registration, and the folder is read with
+        :func:`~ae_anomaly.detectors.load_detector`. The model's ``python_model`` code,
+        MLmodel file and any other file of the model are never read. A version registered
+        before the tag existed loads with a warning.
+
+        Raises:
+            ModelNotFoundError: no such model or version.
+            ModelIntegrityError: the version's files differ from those registered.
+        """
+        try:
+            mv = self.client.get_model_version(name, str(version))
+        except MlflowException:
+            raise ModelNotFoundError(f"model '{name}' has no version {version} in "
+                                     f"{self.display_uri}") from None
+        return self._load_model_version(mv)
+
+    def _load_model_version(self, mv: Any) -> tuple[BaseDetector, ModelRef]:
+        name, version = mv.name, str(mv.version)
+        label = f"'{name}' v{version}"
+        root = self.client.get_model_version_download_uri(name, version)
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{root.rstrip('/')}/artifacts/{DETECTOR_ARTIFACT}",
+                    dst_path=tmp, tracking_uri=self.uri)
+            except (MlflowException, OSError) as exc:
+                detail = (str(exc).strip().splitlines() or [""])[0][:300]
+                raise AeAnomalyError(f"model {label}: its detector files cannot be read "
+                                     f"from {mask_url(root)} ({mask_text(detail)})") from None
+            folder = Path(local)
+            tag = (mv.tags or {}).get(SHA256_TAG)
+            if tag is None:
+                log.warning("model %s has no %s tag (registered before ae-anomaly recorded "
+                            "hashes): its files are loaded without an integrity check; "
+                            "register it again to add one", label, SHA256_TAG)
+            else:
+                verify_files(folder, tag, label)
+            det = load_detector(folder)
+        return det, ModelRef(name=name, version=version, run_id=mv.run_id or "")
 
 
 def score_distribution_plot(cal_scores: np.ndarray, threshold: float, method: str,
