@@ -117,8 +117,15 @@ class Tracker:
 
     # --------------------------------------------------------------- runs
     def start_run(self, run_name: str, tags: dict[str, str] | None = None) -> str:
-        """Create a run and return its id (logging goes through the id, thread-safe)."""
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags or {})
+        """Create a run and return its id (logging goes through the id, thread-safe).
+
+        Every run is tagged with the package version (``ae_anomaly.version``) and, when the
+        package runs from a git checkout, its commit (``mlflow.source.git.commit``, which
+        the MLflow UI shows, and ``ae_anomaly.git_commit``; ``-dirty`` when it has local
+        changes).
+        """
+        run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                     tags={**provenance_tags(), **(tags or {})})
         return run.info.run_id
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
@@ -300,3 +307,27 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
             v = [x.item() if isinstance(x, np.generic) else x for x in v]
         out[k] = v
     return out
+
+
+def provenance_tags() -> dict[str, str]:
+    """The package version and, from a git checkout, the commit the code runs at."""
+    import subprocess
+
+    from ae_anomaly import __version__
+
+    tags = {"ae_anomaly.version": __version__}
+    root = Path(__file__).resolve().parents[2]
+    if (root / ".git").exists():
+        try:
+            commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"],
+                                    capture_output=True, text=True, timeout=5).stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                    "--untracked-files=no"], capture_output=True, text=True,
+                                   timeout=5).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return tags
+        if commit:
+            commit += "-dirty" if dirty else ""
+            tags["ae_anomaly.git_commit"] = commit
+            tags["mlflow.source.git.commit"] = commit
+    return tags

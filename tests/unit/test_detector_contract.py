@@ -124,7 +124,8 @@ def test_registers_through_mlflow_and_loads_back(layout, name, extra, series_dat
                                                  tmp_path: Path, monkeypatch) -> None:
     from ae_anomaly.tracking import Tracker
 
-    monkeypatch.setenv("AE_ANOMALY_HOME", str(tmp_path))
+    monkeypatch.setenv("AE_ANOMALY_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)  # nothing may be written to the working folder (./mlruns)
     train, test = _data(layout, series_data, row_data)
     cfg = _config(layout, name, extra)
     det = build_detector(cfg).fit(train)
@@ -138,3 +139,8 @@ def test_registers_through_mlflow_and_loads_back(layout, name, extra, series_dat
     back, ref2 = tracker.load("champion")
     assert ref2.version == ref.version and type(back) is type(det)
     np.testing.assert_array_equal(back.score(test), expected)
+    tags = tracker.client.get_run(run_id).data.tags
+    assert tags["ae_anomaly.version"]
+    if (REPO / ".git").exists():
+        assert len(tags["ae_anomaly.git_commit"].removesuffix("-dirty")) == 40
+    assert not (tmp_path / "mlruns").exists()
