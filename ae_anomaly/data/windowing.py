@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def sliding_windows(values: np.ndarray, length: int, stride: int = 1) -> np.ndarray:
@@ -36,6 +40,8 @@ def overlap_sum(window_values: torch.Tensor, n_steps: int, stride: int = 1) -> t
     Returns:
         (n_steps, C): for each step, the sum over the windows that cover it.
     """
+    import torch
+
     n, c, length = window_values.shape
     cols = window_values.permute(1, 2, 0).reshape(1, c * length, n)
     summed = torch.nn.functional.fold(cols, output_size=(1, n_steps), kernel_size=(1, length),
@@ -45,6 +51,8 @@ def overlap_sum(window_values: torch.Tensor, n_steps: int, stride: int = 1) -> t
 
 def window_coverage(n_windows: int, length: int) -> torch.Tensor:
     """How many of ``n_windows`` stride-1 windows of ``length`` cover each step (float64)."""
+    import torch
+
     t = torch.arange(n_windows - 1 + length)
     hi = torch.clamp(t, max=n_windows - 1)
     lo = torch.clamp(t - length + 1, min=0)

@@ -11,7 +11,6 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -20,21 +19,13 @@ from tqdm.auto import tqdm
 from ae_anomaly.config import TrainingConfig
 from ae_anomaly.errors import ConfigError
 from ae_anomaly.models.base import AutoEncoder, Samples, iter_batches, n_samples
+from ae_anomaly.training.history import TrainHistory
 
 log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, float, float | None], None]
 
 
-@dataclass
-class TrainHistory:
-    """Per-epoch losses and where training stopped."""
-
-    train_loss: list[float] = field(default_factory=list)
-    val_loss: list[float] = field(default_factory=list)
-    best_epoch: int = 0
-    seconds: float = 0.0
-    stopped_early: bool = False
 
 
 def seed_everything(seed: int) -> None:
