@@ -7,6 +7,7 @@ tiny (2 worker processes, 1 thread each, no dashboard) and stopped by their fixt
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import os
 import signal
@@ -102,8 +103,11 @@ def faulty_cluster(tmp_path, monkeypatch):
     marker = tmp_path / "stalled"
     monkeypatch.setenv("AE_ANOMALY_FAULT_STALL", "after_commit:1:600")
     monkeypatch.setenv("AE_ANOMALY_FAULT_MARKER", str(marker))
+    path = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(SUPPORT), path) if p))
+    monkeypatch.syspath_prepend(str(SUPPORT))  # the nanny imports the preload here too
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=None, preload=[str(SUPPORT / "dask_faults.py")])
+                           dashboard_address=None, preload=["dask_faults"])
     try:
         yield cluster, marker
     finally:
@@ -126,7 +130,8 @@ def test_worker_killed_mid_shard_loses_nothing(db_url, store, ops, tmp_path, fle
         except BaseException as exc:  # noqa: BLE001 - the test looks at it below
             result["error"] = exc
 
-    first = threading.Thread(target=run)
+    # The thread runs in a copy of this context: the Prefect test server's settings.
+    first = threading.Thread(target=contextvars.copy_context().run, args=(run,))
     first.start()
     deadline = time.monotonic() + 300
     while not marker.exists() and time.monotonic() < deadline and first.is_alive():

@@ -1,6 +1,7 @@
 """Dask worker preload for the fault tests: the stall of ``faults.py``, in one worker only.
 
-Start a cluster with ``preload=[<this file>]`` and ``AE_ANOMALY_FAULT_STALL`` /
+Start a cluster with ``preload=["dask_faults"]`` (this folder on the workers' PYTHONPATH;
+Dask copies a preload *file* elsewhere, away from ``faults.py``) and ``AE_ANOMALY_FAULT_STALL`` /
 ``AE_ANOMALY_FAULT_MARKER`` in the environment. Every worker installs the hooks; the first
 to reach the point claims it (``<marker>.claim``, created exclusively), writes the marker
 with its pid and sleeps, so a test can kill that worker process mid-shard. The others, and
@@ -10,13 +11,9 @@ the worker a nanny restarts, pass through.
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import faults  # noqa: E402
+import faults
 
 
 def dask_setup(worker: Any) -> None:
