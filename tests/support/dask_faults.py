@@ -1,11 +1,11 @@
 """Dask worker preload for the fault tests: the stall of ``faults.py``, in one worker only.
 
-Start a cluster with ``preload=["dask_faults"]`` (this folder on the workers' PYTHONPATH;
-Dask copies a preload *file* elsewhere, away from ``faults.py``) and ``AE_ANOMALY_FAULT_STALL`` /
-``AE_ANOMALY_FAULT_MARKER`` in the environment. Every worker installs the hooks; the first
-to reach the point claims it (``<marker>.claim``, created exclusively), writes the marker
-with its pid and sleeps, so a test can kill that worker process mid-shard. The others, and
-the worker a nanny restarts, pass through.
+Start a cluster with ``preload=["dask_faults"]`` (this folder on the workers' PYTHONPATH:
+Dask copies a preload *file* elsewhere, away from ``faults.py``) and
+``AE_ANOMALY_FAULT_STALL`` / ``AE_ANOMALY_FAULT_MARKER`` in the environment. Every worker
+installs the hooks; the first to reach the point claims it (``<marker>.claim``, created
+exclusively), writes the marker with its pid and sleeps, so a test can kill that worker
+process mid-shard. The others, and the worker a nanny restarts, pass through.
 """
 
 from __future__ import annotations
