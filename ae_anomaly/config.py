@@ -674,6 +674,42 @@ class PromotionConfig(_Strict):
     min_calibration: int = Field(500, ge=1)
 
 
+class ExecutionConfig(_Strict):
+    """Where the flows' tasks run (docs/scale.md).
+
+    ``local``: in the flow's own process, as before. ``dask``: on a Dask cluster through
+    prefect-dask's ``DaskTaskRunner``: scheduled (incremental) scoring maps one task over
+    each shard of entities, each loading the run's model version from the registry on its
+    worker and writing its entities through the sink in their own transactions; training
+    fits the model in one task on a worker. Tasks get paths, URIs and entity names, never
+    frames or models, so every worker must reach the config file, the data, the tracking
+    store and the sink at the same paths and URLs.
+
+    Attributes:
+        backend: ``local`` or ``dask``.
+        address: a running Dask scheduler (``tcp://host:8786``); unset: a local cluster of
+            ``workers`` processes is started for the run and stopped after it.
+        workers: worker processes of the local cluster.
+        threads_per_worker: threads of each local worker process.
+        shard_size: entities per shard (task); unset: ``shards`` shards.
+        shards: number of shards when ``shard_size`` is unset; unset: one per worker
+            (``workers``), at most one per entity.
+    """
+
+    backend: Literal["local", "dask"] = "local"
+    address: str | None = None
+    workers: int = Field(2, ge=1)
+    threads_per_worker: int = Field(1, ge=1)
+    shard_size: int | None = Field(None, ge=1)
+    shards: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_split(self) -> ExecutionConfig:
+        if self.shard_size is not None and self.shards is not None:
+            raise ValueError("execution: set shard_size or shards, not both")
+        return self
+
+
 class AppConfig(_Strict):
     """The whole configuration of a training + scoring pipeline."""
 
@@ -691,6 +727,7 @@ class AppConfig(_Strict):
     deployment: DeploymentConfig = DeploymentConfig()
     source: SourceConfig = SourceConfig()
     promotion: PromotionConfig = PromotionConfig()
+    execution: ExecutionConfig = ExecutionConfig()
 
 
 # --------------------------------------------------------------------------- loading

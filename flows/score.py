@@ -121,7 +121,13 @@ def score_flow(config: str | None = None, overrides: list[str] | None = None,
         for name, reason in ingested.get("quarantined", []):
             logger.warning("quarantined %s: %s", name, reason)
     job_id = str(flow_run.get_id() or "")
-    inc = score_increment.with_options(**opts)(cfg, det, model, job_id, backfill)
+    if cfg.execution.backend == "dask":  # shards of entities on Dask workers
+        from ae_anomaly.cli import flows_module
+
+        inc = flows_module("execution").run_score_shards(cfg, config, overrides, model,
+                                                         job_id, backfill)
+    else:
+        inc = score_increment.with_options(**opts)(cfg, det, model, job_id, backfill)
     out = inc.summary()
     out.update(mode="backfill" if backfill else "incremental", **ingested)
     logger.info("%s v%s (%s): %d steps, %d events, %d rows changed", model.name,

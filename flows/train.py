@@ -47,17 +47,27 @@ def train_flow(config: str | None = None, overrides: list[str] | None = None) ->
     """
     logger = get_run_logger()
     cfg = load_config(config, overrides)
-    tracker = Tracker(cfg.tracking)
-    frame = load_training_data(cfg)
-    run_id = pipeline.start_run(cfg, tracker)
-    try:
-        det = fit_detector(cfg, frame, run_id)
-        reg = log_and_register(cfg, det, frame, run_id)
-    except BaseException:
-        tracker.end_run(run_id, "FAILED")
-        raise
+    if cfg.execution.backend == "dask":  # the whole job in one task on a Dask worker
+        from ae_anomaly.cli import flows_module
+
+        done = flows_module("execution").run_training(cfg, config, overrides)
+        reg = pipeline.Registration(done.model, done.champion_set, done.calibration)
+        fitted = {"threshold": done.threshold, "epochs": done.epochs,
+                  "train_seconds": done.train_seconds}
+    else:
+        tracker = Tracker(cfg.tracking)
+        frame = load_training_data(cfg)
+        run_id = pipeline.start_run(cfg, tracker)
+        try:
+            det = fit_detector(cfg, frame, run_id)
+            reg = log_and_register(cfg, det, frame, run_id)
+        except BaseException:
+            tracker.end_run(run_id, "FAILED")
+            raise
+        fitted = {"threshold": det.threshold_, "epochs": len(det.history_.train_loss),
+                  "train_seconds": det.history_.seconds}
     logger.info("registered %s v%s as challenger (threshold %.4g)", reg.model.name,
-                reg.model.version, det.threshold_)
+                reg.model.version, fitted["threshold"])
     promotion = None
     if cfg.promotion.auto and not reg.champion_set:
         decision = promote_challenger(cfg, reg.model.version)
@@ -69,9 +79,7 @@ def train_flow(config: str | None = None, overrides: list[str] | None = None) ->
         "model_version": reg.model.version,
         "run_id": reg.model.run_id,
         "champion_set": reg.champion_set,
-        "threshold": det.threshold_,
-        "epochs": len(det.history_.train_loss),
-        "train_seconds": det.history_.seconds,
+        **fitted,
         "calibration": reg.calibration,
         "promotion": promotion,
     }
