@@ -94,3 +94,19 @@ def test_verbose_after_the_command_examples_and_version(table: str) -> None:
     res = _cli("--version")
     assert res.returncode == 0 and res.stdout.startswith("ae-anomaly ")
     assert "90%%" not in _cli("calibrate", "--help").stdout
+
+
+def test_rollback_and_config_import_neither_torch_nor_prefect(tmp_path: Path) -> None:
+    """`rollback` needs the MLflow registry only; `config` needs nothing heavy at all."""
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    res = _cli("rollback", "--set", f"tracking.tracking_uri={store}",
+               "--set", f"tracking.artifact_location={tmp_path}/art", importtime=True)
+    assert res.returncode == 2 and "Traceback" not in res.stderr  # no model registered yet
+    imported = {line.split("|")[-1].strip().split(".")[0]
+                for line in res.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" not in imported and "prefect" not in imported
+    res = _cli("config", importtime=True)
+    assert res.returncode == 0
+    imported = {line.split("|")[-1].strip().split(".")[0]
+                for line in res.stderr.splitlines() if line.startswith("import time:")}
+    assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
