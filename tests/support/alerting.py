@@ -62,6 +62,10 @@ class Receiver:
         self.posts: list[dict[str, Any]] = []
         self.status = 200
         self.lock = threading.Lock()
+        # Hold the answer to post number ``block_at`` (1-based) until ``release`` is set.
+        self.block_at: int | None = None
+        self.blocked = threading.Event()
+        self.release = threading.Event()
         self.server: ThreadingHTTPServer | None = None
 
     @property
@@ -74,14 +78,22 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                headers = {k.lower(): v for k, v in self.headers.items()}
                 with outer.lock:
                     code = outer.status
                     if code < 300:
                         outer.posts.append({"body": json.loads(body), "raw": body,
-                                            "headers": dict(self.headers)})
-                self.send_response(code)
-                self.end_headers()
-                self.wfile.write(b"ok" if code < 300 else b"refused")
+                                            "headers": headers})
+                    hold = outer.block_at is not None and len(outer.posts) == outer.block_at
+                if hold:
+                    outer.blocked.set()
+                    outer.release.wait(WAIT)
+                try:
+                    self.send_response(code)
+                    self.end_headers()
+                    self.wfile.write(b"ok" if code < 300 else b"refused")
+                except OSError:
+                    pass  # the sender is gone
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -97,6 +109,10 @@ class Receiver:
             self.server.server_close()
             self.server = None
 
+    def keys(self) -> list[str]:
+        with self.lock:
+            return [p["headers"].get("x-ae-anomaly-delivery", "") for p in self.posts]
+
     def bodies(self) -> list[dict[str, Any]]:
         with self.lock:
             return [p["body"] for p in self.posts]
@@ -105,7 +121,7 @@ class Receiver:
         seen, out = set(), []
         with self.lock:
             for p in self.posts:
-                key = p["headers"].get("X-AE-Anomaly-Delivery")
+                key = p["headers"].get("x-ae-anomaly-delivery")
                 if key not in seen:
                     seen.add(key)
                     out.append(p["body"])
