@@ -8,11 +8,13 @@ import os
 import re
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -27,6 +29,7 @@ from tests.support.alerting import Receiver, free_port, prometheus_bin, record, 
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs" / "alerting.md"
+GRAFANA = REPO / "docker" / "grafana"
 T0 = datetime(2026, 3, 1, 12)
 
 
@@ -46,6 +49,31 @@ def _setup(url: str, hook: str, tmp_path: Path) -> AppConfig:
     record_run(cfg, "score", ok=True, summary={"events": 2})
     record_run(cfg, "score", ok=False, error="boom", run_id="r1")
     return cfg
+
+
+def grafana_exprs() -> list[str]:
+    """The PromQL of the pipeline dashboard's panels and of the Grafana alert rules."""
+    dash = json.loads((GRAFANA / "dashboards" / "ae-anomaly-pipeline.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    rules = yaml.safe_load((GRAFANA / "provisioning" / "alerting" /
+                            "ae-anomaly-rules.yaml").read_text())
+    exprs += [d["model"]["expr"] for g in rules["groups"] for r in g["rules"]
+              for d in r["data"] if "expr" in d["model"]]
+    return exprs
+
+
+def test_grafana_panels_and_rules_use_the_documented_series():
+    documented = set(re.findall(r"`(ae_anomaly_[a-z_]+)", DOCS.read_text()))
+    exprs = grafana_exprs()
+    assert len(exprs) >= 10
+    for expr in exprs:
+        used = set(re.findall(r"ae_anomaly_[a-z_]+", expr))
+        assert used and used <= documented, expr
+    rules = yaml.safe_load((GRAFANA / "provisioning" / "alerting" /
+                            "ae-anomaly-rules.yaml").read_text())
+    for rule in rules["groups"][0]["rules"]:
+        assert rule["data"][0]["datasourceUid"] == "ae-anomaly-prom"
+        assert rule["condition"] == "C"
 
 
 def _families(text: str) -> dict[str, list]:
@@ -117,6 +145,13 @@ def test_prometheus_scrapes_the_dashboard(tmp_path):
         up = wait_for(lambda: query("up"), what="the up series")
         assert up[0]["value"][1] == "1"
         assert query("ae_anomaly_last_success_timestamp_seconds")
+        # Every panel and alert-rule expression of the Grafana provisioning is valid PromQL
+        # that Prometheus evaluates against the scraped series.
+        for expr in grafana_exprs():
+            q = urllib.parse.quote(expr)
+            with urllib.request.urlopen(
+                    f"http://127.0.0.1:{prom_port}/api/v1/query?query={q}", timeout=5) as r:
+                assert json.loads(r.read())["status"] == "success", expr
     finally:
         for p in (prom, dash):
             p.terminate()
