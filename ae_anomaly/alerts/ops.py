@@ -46,7 +46,11 @@ def stale_entities(cfg: AppConfig, watermarks: dict[tuple[str, str], Watermark] 
     if watermarks is None:
         from ae_anomaly.sinks import open_sink
 
-        watermarks = open_sink(cfg).read_watermarks()
+        try:
+            watermarks = open_sink(cfg).read_watermarks()
+        except Exception:  # noqa: BLE001 - a check, not the run's result
+            log.exception("alerts: could not read the watermarks for the staleness check")
+            return []
     limit = (now or utcnow()) - n * score_interval(cfg)
     return [(m, e, w.read_through) for (m, e), w in sorted(watermarks.items())
             if w.read_through is not None and w.read_through < limit]
@@ -67,7 +71,19 @@ def record_run(cfg: AppConfig, deployment: str, *, ok: bool,
         run_id: the flow run id (one failure alert per run).
         quarantined: ``(file, reason)`` of files the run quarantined.
         stale: ``(model, entity, newest data)`` of entities without new data.
+
+    A failure to record (the database is down) is logged, never raised: it must not mask
+    the run's own outcome.
     """
+    try:
+        _record_run(cfg, deployment, ok, summary, error, run_id, quarantined, stale)
+    except Exception:  # noqa: BLE001 - never mask the run's own outcome or error
+        log.exception("alerts: could not record the run of %s", deployment)
+
+
+def _record_run(cfg: AppConfig, deployment: str, ok: bool, summary: dict[str, Any] | None,
+                error: str | None, run_id: str, quarantined: Iterable[tuple[str, str]],
+                stale: Iterable[tuple[str, str, datetime]]) -> None:
     store = AlertStore(cfg.sink.url, cfg.sink.table)
     store.record_run(deployment, ok, _json_safe(summary or {}), error)
     if not (cfg.alerts.outbox_enabled and cfg.alerts.ops_alerts):
