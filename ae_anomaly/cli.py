@@ -370,9 +370,38 @@ def _add_benchmark(sub: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def _add_alerts(sub: Any) -> None:
+    p = _command(
+        sub, "alerts", cmd_alerts, help="list, send and silence alert notifications",
+        description="Alert notifications (docs/alerting.md). 'list' (default): the newest "
+                    "outbox rows with their state per channel (pending, sent, suppressed, "
+                    "parked with the reason). 'dispatch': send what is pending to the "
+                    "configured channels (alerts.alertmanager_url, alerts.webhook_url, "
+                    "alerts.slack_webhook_url), every alerts.dispatch_interval_seconds until "
+                    "Ctrl-C, or one pass with --once. 'test': queue and send a test alert. "
+                    "'silence': hold back alerts of an entity or model (glob patterns) for "
+                    "a while; the events are still recorded. 'silences': the active "
+                    "silences. 'unsilence ID': end one now.")
+    p.add_argument("action", nargs="?", default="list",
+                   choices=["list", "dispatch", "test", "silence", "silences", "unsilence"])
+    p.add_argument("silence_id", nargs="?", type=int, help="unsilence: the silence's id")
+    p.add_argument("--status", choices=["pending", "retry", "sent", "parked", "suppressed",
+                                        "expired"], help="list: only rows in this state")
+    p.add_argument("-n", "--limit", type=int, default=20, help="list: rows (default 20)")
+    p.add_argument("--once", action="store_true", help="dispatch: one pass, then exit")
+    p.add_argument("--entity", help="silence: entity glob pattern (web-*)")
+    p.add_argument("--model", help="silence: model name glob pattern")
+    p.add_argument("--start", help="silence: start (ISO 8601, UTC; default now)")
+    p.add_argument("--end", help="silence: end (ISO 8601, UTC)")
+    p.add_argument("--hours", type=float, default=2.0,
+                   help="silence: length when --end is not given (default 2)")
+    p.add_argument("--by", default=None, help="silence: who (default $USER)")
+    p.add_argument("--comment", default="", help="silence: why")
+
+
 SUBCOMMANDS = (_add_demo, _add_train, _add_score, _add_events, _add_calibrate, _add_sample,
                _add_config, _add_serve, _add_backfill, _add_promote, _add_rollback,
-               _add_dashboard, _add_benchmark)
+               _add_dashboard, _add_benchmark, _add_alerts)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -907,6 +936,83 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                          progress=not args.no_progress)
     print(summary_table(data))
     print(f"results: {args.output}")
+    return 0
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    """``ae-anomaly alerts``: list, dispatch, test and silence alert notifications."""
+    import getpass
+    from datetime import timedelta
+
+    from ae_anomaly.alerts.dispatcher import Dispatcher
+    from ae_anomaly.alerts.store import AlertStore
+    from ae_anomaly.db import utcnow
+    from ae_anomaly.errors import ConfigError
+    from ae_anomaly.sources import parse_ts
+
+    cfg, _ = _load_config(args)
+    channels = list(cfg.alerts.channels())
+    store = AlertStore(cfg.sink.url, cfg.sink.table)
+    if args.action in ("dispatch", "test") and not channels:
+        raise ConfigError("no alert channel configured: set alerts.alertmanager_url, "
+                          "alerts.webhook_url or alerts.slack_webhook_url")
+    if args.action == "dispatch":
+        dispatcher = Dispatcher.from_config(cfg)
+        if args.once:
+            print(dispatcher.run_once().summary())
+            return 0
+        print(f"dispatching to {', '.join(channels)} every "
+              f"{cfg.alerts.dispatch_interval_seconds:g}s (Ctrl-C to stop)", flush=True)
+        dispatcher.run_forever()
+        return 0
+    if args.action == "test":
+        outbox_id = store.enqueue_test()
+        report = Dispatcher.from_config(cfg).drain(cfg.alerts.dispatch_seconds or 30.0)
+        print(f"test alert #{outbox_id}: {report.summary()}")
+        states = store.notifications(channels, limit=200)
+        row = next((r for r in states if r["id"] == outbox_id), None)
+        ok = row is not None and all(d["status"] == "sent" for d in row["deliveries"].values())
+        return 0 if ok else 1
+    if args.action == "silence":
+        start = parse_ts(args.start) if args.start else utcnow()
+        end = parse_ts(args.end) if args.end else start + timedelta(hours=args.hours)
+        try:
+            sid = store.add_silence(args.entity, args.model, start, end,
+                                    args.by or getpass.getuser(), args.comment)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        print(f"silence #{sid}: entity {args.entity or '*'}, model {args.model or '*'}, "
+              f"{start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC")
+        return 0
+    if args.action == "silences":
+        rows = store.silences(active_only=True)
+        for s in rows:
+            print(f"#{s.id}  entity {s.entity or '*'}  model {s.model or '*'}  "
+                  f"{s.starts_at:%Y-%m-%d %H:%M} .. {s.ends_at:%Y-%m-%d %H:%M}  "
+                  f"{s.created_by}: {s.comment}")
+        print(f"({len(rows)} active silences)")
+        return 0
+    if args.action == "unsilence":
+        if args.silence_id is None:
+            raise ConfigError("unsilence needs the silence's id (ae-anomaly alerts silences)")
+        if not store.expire_silence(args.silence_id):
+            raise ConfigError(f"no active silence #{args.silence_id}")
+        print(f"silence #{args.silence_id} ended")
+        return 0
+    rows = store.notifications(channels, status=args.status, limit=args.limit)
+    for r in rows:
+        what = r["event_id"] or r["payload"].get("alertname", "")
+        states = "  ".join(
+            f"{ch}:{d['status']}" + (f" ({d['reason']})" if d.get("reason")
+                                     and d["status"] in ("parked", "suppressed", "retry")
+                                     else "")
+            for ch, d in r["deliveries"].items())
+        print(f"#{r['id']:<6} {r['created_at']:%Y-%m-%d %H:%M}  {r['kind']:<5} "
+              f"{r['action']:<8} {r['change']:<8} {r['entity']:<12} {what}  {states}")
+    counts = store.delivery_counts()
+    total = ", ".join(f"{ch} {st} {n}" for (ch, st), n in sorted(counts.items()))
+    pending = ", ".join(f"{ch} pending {store.pending_count(ch)}" for ch in channels)
+    print(f"({len(rows)} shown; {', '.join(x for x in (pending, total) if x) or 'none sent'})")
     return 0
 
 

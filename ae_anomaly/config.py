@@ -709,6 +709,110 @@ class ExecutionConfig(_Strict):
             raise ValueError("execution: set shard_size or shards, not both")
         return self
 
+class AlertsConfig(_Strict):
+    """Alert delivery: outbox, channels, rules and operational alerts (docs/alerting.md).
+
+    Every new or materially changed event (grew, escalated, closed) gets an outbox row in
+    the same transaction as the event; a dispatcher sends the pending rows to every
+    configured channel, in order, with retries. The outbox is written only while a channel
+    is configured (or ``outbox`` is true).
+
+    Attributes:
+        outbox: write outbox rows even with no channel configured (a channel added later
+            then catches up on them, within ``max_age_hours``).
+        alertmanager_url: Alertmanager's base URL (``http://127.0.0.1:9093``); alerts are
+            posted to ``/api/v2/alerts``.
+        webhook_url: a generic JSON webhook: Alertmanager's webhook payload, version 4.
+        slack_webhook_url: a Slack-compatible incoming webhook (``{"text": ..., "blocks"}``).
+        webhook_secret_env: name of an environment variable holding an HMAC key; when set,
+            webhook and Slack posts carry ``X-AE-Anomaly-Signature: sha256=<hex>`` over
+            ``<X-AE-Anomaly-Timestamp>.<body>``.
+        labels: static labels added to every alert (``{team: sre}``).
+        dashboard_url: the dashboard's base URL, for the link to each event's page.
+        severity_levels: severity label -> smallest severity (peak score / threshold) that
+            earns it; the ``severity`` label of an alert.
+        min_severity: events below this severity are recorded but not sent.
+        entities: send only events of entities matching one of these glob patterns
+            (empty: all).
+        exclude_entities: never send events of entities matching these patterns.
+        models: send only events of models (registered names) matching these patterns.
+        exclude_models: never send events of these models.
+        max_per_entity_per_day: the alarm budget: at most this many new alerts per entity
+            and channel in 24 hours; further ones are recorded as rate-limited (escalations
+            and resolutions of sent alerts still go out).
+        min_firing_seconds: an alert stays firing at least this long after it was first
+            sent (an event that closed before it was sent is posted with
+            ``endsAt`` = now + this, so Alertmanager notifies before it resolves).
+        open_ttl_hours: ``endsAt`` of an open event's alert (it is resolved explicitly when
+            the event closes; this bounds it if the pipeline stops).
+        timeout_seconds: HTTP timeout of one post.
+        retry_base_seconds: first retry delay of a failed post; doubled per attempt.
+        retry_max_seconds: the longest retry delay.
+        max_age_hours: outbox rows older than this when first picked for a channel are
+            marked expired instead of sent (a channel added later does not replay history).
+        dispatch_interval_seconds: how often the dispatcher looks for pending rows
+            (``ae-anomaly alerts dispatch``, and inside ``serve``).
+        dispatch_seconds: how long a scoring run may spend sending what it queued before it
+            exits (the rest stays pending for the dispatcher).
+        retention_days: sent, parked and suppressed rows older than this are deleted.
+        stale_after_intervals: operational alert when an entity's newest data is older
+            than this many scoring intervals (``deployment.score_interval_seconds``, or 5
+            minutes); 0 turns it off.
+        backlog_alert_rows: operational alert when this many rows wait for a channel; 0
+            turns it off.
+        ops_alerts: send operational alerts (failed runs, quarantined files, stale sources,
+            dispatcher backlog).
+    """
+
+    outbox: bool = False
+    alertmanager_url: str | None = None
+    webhook_url: str | None = None
+    slack_webhook_url: str | None = None
+    webhook_secret_env: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    dashboard_url: str = "http://127.0.0.1:8050"
+    severity_levels: dict[str, float] = Field(
+        default_factory=lambda: {"warning": 0.0, "major": 2.0, "critical": 5.0})
+    min_severity: float = Field(1.0, ge=0)
+    entities: list[str] = Field(default_factory=list)
+    exclude_entities: list[str] = Field(default_factory=list)
+    models: list[str] = Field(default_factory=list)
+    exclude_models: list[str] = Field(default_factory=list)
+    max_per_entity_per_day: int = Field(20, ge=1)
+    min_firing_seconds: float = Field(300.0, ge=0)
+    open_ttl_hours: float = Field(24.0, gt=0)
+    timeout_seconds: float = Field(10.0, gt=0)
+    retry_base_seconds: float = Field(5.0, ge=0)
+    retry_max_seconds: float = Field(600.0, ge=0)
+    max_age_hours: float = Field(72.0, gt=0)
+    dispatch_interval_seconds: float = Field(10.0, gt=0)
+    dispatch_seconds: float = Field(30.0, ge=0)
+    retention_days: float = Field(30.0, gt=0)
+    stale_after_intervals: int = Field(6, ge=0)
+    backlog_alert_rows: int = Field(500, ge=0)
+    ops_alerts: bool = True
+
+    @model_validator(mode="after")
+    def _levels(self) -> AlertsConfig:
+        if not self.severity_levels:
+            raise ValueError("alerts.severity_levels needs at least one level")
+        for key in ("alertmanager_url", "webhook_url", "slack_webhook_url"):
+            url = getattr(self, key)
+            if url is not None and not url.startswith(("http://", "https://")):
+                raise ValueError(f"alerts.{key} must be an http:// or https:// URL")
+        return self
+
+    def channels(self) -> dict[str, str]:
+        """The configured channels: name (``alertmanager``, ``webhook``, ``slack``) -> URL."""
+        named = {"alertmanager": self.alertmanager_url, "webhook": self.webhook_url,
+                 "slack": self.slack_webhook_url}
+        return {k: v for k, v in named.items() if v}
+
+    @property
+    def outbox_enabled(self) -> bool:
+        """Whether event changes are written to the outbox."""
+        return self.outbox or bool(self.channels())
+
 
 class AppConfig(_Strict):
     """The whole configuration of a training + scoring pipeline."""
@@ -728,6 +832,7 @@ class AppConfig(_Strict):
     source: SourceConfig = SourceConfig()
     promotion: PromotionConfig = PromotionConfig()
     execution: ExecutionConfig = ExecutionConfig()
+    alerts: AlertsConfig = AlertsConfig()
 
 
 # --------------------------------------------------------------------------- loading

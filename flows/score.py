@@ -11,6 +11,10 @@ Transient errors (database unreachable or busy, landing file still being written
 retried with exponential back-off (``source.retries``, ``source.retry_delay_seconds``);
 permanent ones (invalid data, feature schema mismatch) fail the run at once with the
 error's one-line message.
+
+Every run records its outcome and queues operational alerts (failed run, quarantined
+files, stale entities; docs/alerting.md), logs a one-line summary at INFO, and sends the
+alert notifications it queued before it exits.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 
 from ae_anomaly import pipeline
+from ae_anomaly.alerts import ops
 from ae_anomaly.config import AppConfig, load_config
 from ae_anomaly.detectors import BaseDetector
 from ae_anomaly.records import ModelRef
@@ -95,13 +100,37 @@ def score_flow(config: str | None = None, overrides: list[str] | None = None,
     """
     logger = get_run_logger()
     cfg = load_config(config, overrides)
+    name = deployment.name or "manual"
+    run_id = str(flow_run.get_id() or "")
+    try:
+        out = _score(cfg, logger, paths, backfill_from, backfill_to, config, overrides)
+    except Exception as exc:
+        error = (str(exc).splitlines() or [type(exc).__name__])[0]
+        ops.record_run(cfg, name, ok=False, error=f"{type(exc).__name__}: {error}",
+                       run_id=run_id)
+        ops.finish_run(cfg)
+        raise
+    stale = ops.stale_entities(cfg) if out["mode"] == "incremental" else []
+    ops.record_run(cfg, name, ok=True, summary=out, run_id=run_id,
+                   quarantined=out.get("quarantined", []), stale=stale)
+    report = ops.finish_run(cfg)
+    if report is not None:
+        out["alerts"] = {"sent": report.sent, "pending": report.pending}
+    return out
+
+
+def _score(cfg: AppConfig, logger: Any, paths: list[str] | None, backfill_from: str | None,
+           backfill_to: str | None, config: str | None,
+           overrides: list[str] | None) -> dict[str, Any]:
     backfill = (None if backfill_from is None and backfill_to is None
                 else (backfill_from or None, backfill_to or None))
     det, model = load_champion(cfg)
     if paths or (not pipeline.is_incremental(cfg) and backfill is None):
         result = score_inputs(cfg, det, paths, model)
         written = write_events(cfg, det, model, result)
-        logger.info("%s v%s: %d events, %d rows written", model.name, model.version,
+        logger.info("%s v%s (batch): %d files, %d steps scored, %d flagged, %d events, "
+                    "%d rows written", model.name, model.version, len(result.files),
+                    sum(result.steps.values()), sum(result.flagged.values()),
                     len(result.events), written)
         return {"mode": "batch", "model_name": model.name, "model_version": model.version,
                 "rows_written": written, **pipeline.score_counts(result)}
@@ -122,14 +151,15 @@ def score_flow(config: str | None = None, overrides: list[str] | None = None,
             logger.warning("quarantined %s: %s", name, reason)
     job_id = str(flow_run.get_id() or "")
     if cfg.execution.backend == "dask":  # shards of entities on Dask workers
-        from ae_anomaly.cli import flows_module
+        from .execution import run_score_shards
 
-        inc = flows_module("execution").run_score_shards(cfg, config, overrides, model,
-                                                         job_id, backfill)
+        inc = run_score_shards(cfg, config, overrides, model, job_id, backfill)
     else:
         inc = score_increment.with_options(**opts)(cfg, det, model, job_id, backfill)
     out = inc.summary()
     out.update(mode="backfill" if backfill else "incremental", **ingested)
-    logger.info("%s v%s (%s): %d steps, %d events, %d rows changed", model.name,
-                model.version, out["mode"], out["steps"], out["events"], out["rows_written"])
+    logger.info("%s v%s (%s): ingested %d files (%d quarantined), %d entities, %d steps "
+                "scored, %d events, %d rows changed", model.name, model.version, out["mode"],
+                len(out.get("ingested", [])), len(out.get("quarantined", [])),
+                out.get("entities", 0), out["steps"], out["events"], out["rows_written"])
     return out

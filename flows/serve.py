@@ -5,6 +5,9 @@ Run ``ae-anomaly serve -c configs/ops.yaml`` (or ``python -m ae_anomaly_flows.se
 127.0.0.1``); the schedules come from the config's ``deployment`` section and every run
 gets the config path and overrides as parameters. ``flows/prefect.yaml`` declares the same
 deployments for a work pool (``prefect deploy``). See docs/operations.md.
+
+With an alert channel configured, the serving process also runs the alert dispatcher in a
+background thread (docs/alerting.md), so notifications are sent between runs too.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 from prefect import serve
 
+from ae_anomaly.alerts.dispatcher import start_background
 from ae_anomaly.config import load_config
 from ae_anomaly.errors import ConfigError
 from ae_anomaly.secrets import mask_url, stash_secrets
@@ -75,7 +79,12 @@ def serve_deployments(config: str | None, overrides: list[str] | None = None) ->
     """Register the deployments with the Prefect API and run them as they come due."""
     deployments = build_deployments(config, overrides)
     check_api()
-    serve(*deployments)
+    dispatcher = start_background(load_config(config, overrides))
+    try:
+        serve(*deployments)
+    finally:
+        if dispatcher is not None:
+            dispatcher[1].set()
 
 
 if __name__ == "__main__":  # pragma: no cover

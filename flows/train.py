@@ -48,9 +48,9 @@ def train_flow(config: str | None = None, overrides: list[str] | None = None) ->
     logger = get_run_logger()
     cfg = load_config(config, overrides)
     if cfg.execution.backend == "dask":  # the whole job in one task on a Dask worker
-        from ae_anomaly.cli import flows_module
+        from .execution import run_training
 
-        done = flows_module("execution").run_training(cfg, config, overrides)
+        done = run_training(cfg, config, overrides)
         reg = pipeline.Registration(done.model, done.champion_set, done.calibration)
         fitted = {"threshold": done.threshold, "epochs": done.epochs,
                   "train_seconds": done.train_seconds}

@@ -9,6 +9,9 @@
 # - AE_ANOMALY_TEST_PG_BIN is exported too: fault tests start their own servers with it.
 # Without either, the PostgreSQL tests skip saying how to enable them; with CI=true such a
 # skip fails the run (tests/integration/conftest.py).
+# - Alertmanager and Prometheus (Debian's prometheus-alertmanager and prometheus packages)
+#   for the alerting tests: installed the same way when missing (root, apt-get available);
+#   the tests start their own throwaway servers on 127.0.0.1.
 #
 # Usage: scripts/run_tests.sh [pytest args...]
 set -euo pipefail
@@ -47,6 +50,29 @@ install_pg() {
     fi
     { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; } || {
         log "apt-get install postgresql failed"
+        [[ $created_policy == 1 ]] && rm -f $policy
+        return 1
+    }
+    [[ $created_policy == 1 ]] && rm -f $policy
+    return 0
+}
+
+install_alerting() {
+    if command -v prometheus-alertmanager >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
+        return 0
+    fi
+    if [[ "$(id -u)" != 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+        log "prometheus-alertmanager / prometheus not installed: the Alertmanager tests skip"
+        return 1
+    fi
+    log "Alertmanager / Prometheus not found: installing them with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    local policy=/usr/sbin/policy-rc.d created_policy=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' > $policy && chmod +x $policy && created_policy=1
+    fi
+    { apt-get update -qq && apt-get install -y -qq prometheus-alertmanager prometheus >/dev/null; } || {
+        log "apt-get install prometheus-alertmanager prometheus failed"
         [[ $created_policy == 1 ]] && rm -f $policy
         return 1
     }
@@ -100,6 +126,8 @@ if [[ -n "${AE_ANOMALY_TEST_PG_URL:-}" ]]; then
 elif ! start_pg; then
     log "no PostgreSQL server: the PostgreSQL tests will skip (fail when CI=true)"
 fi
+
+install_alerting || true
 
 set +e
 "$BIN/python" -m pytest -q -ra "$@"

@@ -3,6 +3,7 @@
 Pages: ``/`` events (filters, counts per entity per hour), ``/events/{id}`` one event in
 context, ``/alarm-rate`` alarm rate per day against the budget, ``/feedback`` feedback counts
 (``/feedback.csv`` exports them). ``POST /events/{id}/feedback`` records an operator action.
+``/metrics``: the pipeline's Prometheus metrics (:mod:`ae_anomaly.alerts.metrics`).
 
 Every request passes :class:`~ae_anomaly.dashboard.security.SecurityMiddleware` first
 (trusted hosts, optional authentication, CSRF and Origin checks on every POST, a body
@@ -283,6 +284,20 @@ def create_app(cfg: AppConfig, feedback_table: str = FEEDBACK_TABLE,
         response = templates.TemplateResponse(request, name, context)
         response.headers["Cache-Control"] = "no-store"
         return response
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        from ae_anomaly.alerts.metrics import metrics_registry, render
+
+        if not hasattr(app.state, "metrics"):
+            def budget(model: str) -> float | None:
+                entities = store.entities()
+                return alarm_budget(cfg, loader, entities[0] if entities else None)[0]
+
+            app.state.metrics = metrics_registry(cfg, budget)
+        return Response(render(app.state.metrics), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:

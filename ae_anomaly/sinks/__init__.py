@@ -17,13 +17,15 @@ from ae_anomaly.records import EventRecord
 from ae_anomaly.sinks.base import EventQuery, IncrementalSink, Sink
 from ae_anomaly.sinks.sql import SqlSink
 
-_SINKS: dict[str, Callable[[SinkConfig], IncrementalSink]] = {
-    "sql": lambda c: SqlSink(c.url, c.table),
+# (sink section, write alert notifications to the outbox) -> sink
+_SINKS: dict[str, Callable[[SinkConfig, bool], IncrementalSink]] = {
+    "sql": lambda c, outbox: SqlSink(c.url, c.table, outbox=outbox),
 }
 
 
 def open_sink(cfg: AppConfig) -> IncrementalSink:
-    """The configured sink, chosen by ``sink.kind`` (its tables created or migrated).
+    """The configured sink, chosen by ``sink.kind`` (its tables created or migrated); it
+    writes alert notifications to the outbox when ``alerts`` has a channel (or ``outbox``).
 
     Raises:
         ConfigError: ``sink.kind`` names no sink.
@@ -32,7 +34,7 @@ def open_sink(cfg: AppConfig) -> IncrementalSink:
     if opener is None:
         raise ConfigError(f"sink.kind '{cfg.sink.kind}' is not a sink; valid kinds: "
                           f"{', '.join(sorted(_SINKS))}")
-    return opener(cfg.sink)
+    return opener(cfg.sink, cfg.alerts.outbox_enabled)
 
 
 __all__ = ["EventQuery", "EventRecord", "IncrementalSink", "Sink", "SqlSink", "open_sink"]

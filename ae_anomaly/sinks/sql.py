@@ -13,6 +13,10 @@ same data leaves the table byte-for-byte the same.
 ``write_increment`` is the incremental scorer's write: one entity's re-scored range, its
 watermark and (adaptive thresholds) its threshold state, in one transaction, serialised per
 (model name, entity) across processes.
+
+With ``outbox=True`` both writes also add a notification row to ``<table>_outbox`` for
+every event that is new or changed as far as an alert goes (grew, closed, reopened,
+deleted), in the same transaction (docs/alerting.md); the alert dispatcher sends them.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 
+from ae_anomaly.alerts.store import alert_tables, enqueue_event_changes, ensure_alert_schema
 from ae_anomaly.db import (
     make_engine,
     read_schema_version,
@@ -240,15 +245,27 @@ class SqlSink:
         url: SQLAlchemy URL, e.g. ``sqlite:///{home}/anomalies.db`` or
             ``postgresql+psycopg://user@host:5432/db``.
         table: table name.
+        outbox: also write alert notifications to the outbox, in each write's transaction.
     """
 
-    def __init__(self, url: str, table: str = "anomaly_events") -> None:
+    def __init__(self, url: str, table: str = "anomaly_events", outbox: bool = False) -> None:
         self.engine = make_engine(url, immediate=True)
         self.metadata = MetaData()
         self.table = events_table(self.metadata, table)
         self.watermarks = watermarks_table(self.metadata, table)
         self.threshold_states = threshold_state_table(self.metadata, table)
         ensure_schema(self.engine, table)
+        self.alert_tables = alert_tables(self.metadata, table) if outbox else None
+        if self.alert_tables is not None:
+            with self.engine.begin() as conn:
+                ensure_alert_schema(conn, self.alert_tables, table)
+
+    def _existing(self, conn: Connection, ids: list[str]) -> dict[str, dict[str, Any]]:
+        t, out = self.table, {}
+        for i in range(0, len(ids), 500):
+            out.update({r.event_id: dict(r._mapping) for r in conn.execute(
+                select(t).where(t.c.event_id.in_(ids[i:i + 500])))})
+        return out
 
     def _upsert(self, rows: list[dict[str, Any]]) -> Any:
         t = self.table
@@ -271,7 +288,14 @@ class SqlSink:
             return 0
         rows = [r.as_row() for r in records]
         with self.engine.begin() as conn:
+            if self.alert_tables is not None:
+                old = self._existing(conn, [r["event_id"] for r in rows])
             n = self._execute_upserts(conn, rows)
+            if self.alert_tables is not None:
+                queued = enqueue_event_changes(
+                    conn, self.alert_tables, [(old.get(r["event_id"]), r) for r in rows])
+                if queued:
+                    log.info("queued %d alert notifications", queued)
         log.info("wrote %d of %d event rows to %s", n, len(rows), self.table.name)
         return n
 
@@ -350,6 +374,10 @@ class SqlSink:
                     out.updated += 1
                     rows.append(row)
             self._execute_upserts(conn, rows)
+            if self.alert_tables is not None:
+                enqueue_event_changes(conn, self.alert_tables,
+                                      [*[(existing.get(r["event_id"]), r) for r in rows],
+                                       *[(existing[eid], None) for eid in stale]])
             if watermark is not None:
                 self._put_watermark(conn, model_name, entity, watermark)
             if threshold_state is not None:
