@@ -861,6 +861,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """``ae-anomaly serve``: run the cron deployments against a Prefect server."""
     _, overrides = _load_config(args)
     flows_module("serve").serve_deployments(args.config, overrides)
+    print("ae-anomaly serve: stopped (runs cancelled, schedules paused)", file=sys.stderr)
     return 0
 
 

@@ -567,11 +567,19 @@ class DeploymentConfig(_Strict):
         train_cron: cron schedule of the ``train`` deployment.
         score_interval_seconds: run ``score`` every so many seconds instead of on
             ``score_cron`` (short intervals for tests and demos).
+        concurrency: runs of one deployment at a time (Prefect's deployment concurrency
+            limit): a scoring run that is still busy when the next one comes due does not
+            get a second, competing run.
+        on_overlap: what happens to a run that comes due while ``concurrency`` runs are
+            busy: ``cancel_new`` (it is cancelled; the next scheduled run scores from the
+            watermarks anyway) or ``enqueue`` (it waits).
     """
 
     score_cron: str = "*/5 * * * *"
     train_cron: str = "0 2 * * *"
     score_interval_seconds: float | None = Field(None, gt=0)
+    concurrency: int = Field(1, ge=1)
+    on_overlap: Literal["cancel_new", "enqueue"] = "cancel_new"
 
 
 class SourceConfig(_Strict):

@@ -12,11 +12,13 @@ background thread (docs/alerting.md), so notifications are sent between runs too
 
 from __future__ import annotations
 
+import signal
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from prefect import serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
 from ae_anomaly.alerts.dispatcher import start_background
 from ae_anomaly.config import load_config
@@ -39,15 +41,19 @@ def build_deployments(config: str | None, overrides: list[str] | None = None) ->
     params = {"config": str(Path(config).resolve()) if config else None,
               "overrides": stash_secrets(list(overrides or []))}
     dep = cfg.deployment
+    limit = ConcurrencyLimitConfig(limit=dep.concurrency,
+                                   collision_strategy=ConcurrencyLimitStrategy[
+                                       dep.on_overlap.upper()])
     when: dict[str, Any] = (
         {"interval": timedelta(seconds=dep.score_interval_seconds)}
         if dep.score_interval_seconds else {"cron": dep.score_cron})
     return [
         score_flow.to_deployment(name="score", parameters=params, tags=["ae-anomaly"],
+                                 concurrency_limit=limit,
                                  description="Score new data with @champion from the "
                                              "watermarks; write events.", **when),
         train_flow.to_deployment(name="train", cron=dep.train_cron, parameters=params,
-                                 tags=["ae-anomaly"],
+                                 tags=["ae-anomaly"], concurrency_limit=limit,
                                  description="Train and register a challenger "
                                              "(promotion.auto: promote it)."),
     ]
@@ -76,15 +82,26 @@ def check_api() -> str:
 
 
 def serve_deployments(config: str | None, overrides: list[str] | None = None) -> None:
-    """Register the deployments with the Prefect API and run them as they come due."""
+    """Register the deployments with the Prefect API and run them as they come due, until
+    SIGINT (Ctrl-C) or SIGTERM: both stop it the same way (Prefect's runner cancels the
+    runs it started, the schedules are paused, the alert dispatcher stops)."""
     deployments = build_deployments(config, overrides)
     check_api()
     dispatcher = start_background(load_config(config, overrides))
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         serve(*deployments)
+    except KeyboardInterrupt:
+        pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if dispatcher is not None:
             dispatcher[1].set()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM as Ctrl-C: the runner's own shutdown path handles both."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -106,6 +106,15 @@ def test_deployments_from_configs_and_prefect_yaml():
     fast = {d.name: d for d in build_deployments(
         "configs/ops.yaml", ["deployment.score_interval_seconds=20"])}
     assert fast["score"].schedules[0].schedule.interval.total_seconds() == 20
+    # one run per deployment at a time; an overlapping one is cancelled (the next scores
+    # from the watermarks anyway)
+    for dep in deps.values():
+        assert dep.concurrency_limit == 1
+        assert dep.concurrency_options.collision_strategy.value == "CANCEL_NEW"
+    queued = {d.name: d for d in build_deployments(
+        "configs/ops.yaml", ["deployment.concurrency=2", "deployment.on_overlap=enqueue"])}
+    assert queued["score"].concurrency_limit == 2
+    assert queued["score"].concurrency_options.collision_strategy.value == "ENQUEUE"
 
     spec = yaml.safe_load((REPO / "flows" / "prefect.yaml").read_text())
     by_name = {d["name"]: d for d in spec["deployments"]}
