@@ -86,6 +86,7 @@ _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
          (codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16"),
          (codecs.BOM_UTF16_BE, "utf-16"))
 _SNIFF_BYTES = 1 << 16
+_COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip")
 
 
 def _codec(name: str) -> str:
@@ -101,6 +102,8 @@ def csv_encoding(path: Path, encoding: str = "utf-8") -> str:
         DataError: the file is binary or compressed, or text in another encoding.
     """
     where = str(path)
+    if path.suffix.lower() in _COMPRESSED:  # pandas decompresses by the name: not sniffed
+        return encoding
     try:
         with open(path, "rb") as fh:
             head = fh.read(_SNIFF_BYTES)
