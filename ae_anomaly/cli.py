@@ -316,6 +316,9 @@ def _setup_logging(verbose: bool) -> None:
         # MLflow announces table creation, registration and signature checks at INFO.
         for name in ("mlflow", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # urllib3 warns at every retry of an unreachable tracking server; main() prints the
+        # outcome as one line.
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
         logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
         logging.getLogger("prefect").addFilter(_DropUserErrorTracebacks())
         for name in ("prefect.flow_runs", "prefect.task_runs"):
