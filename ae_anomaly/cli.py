@@ -441,6 +441,9 @@ def _setup_logging(verbose: bool) -> None:
         # MLflow announces table creation, registration and signature checks at INFO.
         for name in ("mlflow", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # urllib3 warns at every retry of an unreachable tracking server; main() prints the
+        # outcome as one line.
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
         logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
         logging.getLogger("prefect").addFilter(_DropUserErrorTracebacks())
         for name in ("prefect.flow_runs", "prefect.task_runs"):
@@ -472,8 +475,11 @@ class _DropUserErrorTracebacks(logging.Filter):
 
             if is_transient(exc):  # a retried outage: the one-line message says it all
                 record.exc_info, record.exc_text = None, None
-        return "AeAnomalyError" not in record.getMessage() and not _is_user_error_message(
-            record.getMessage())
+            elif describe_error(exc) is not None:
+                return False  # main() prints it as one line
+        message = record.getMessage()
+        return ("AeAnomalyError" not in message and not _is_user_error_message(message)
+                and not _is_described_failure(message))
 
 
 def _user_error_names() -> set[str]:
@@ -483,6 +489,15 @@ def _user_error_names() -> set[str]:
             found.add(sub.__name__)
             todo.append(sub)
     return found
+
+
+def _is_described_failure(msg: str) -> bool:
+    # Prefect's "Finished in state Failed('Task run encountered an exception
+    # NotADirectoryError: ...')" for the errors describe_error() turns into one line.
+    return "Finished in state Failed" in msg and any(
+        f"exception {n}:" in msg or f"exception: {n}:" in msg
+        for n in ("MemoryError", "FileNotFoundError", "PermissionError", "NotADirectoryError",
+                  "IsADirectoryError", "FileExistsError", "MlflowException"))
 
 
 def _is_user_error_message(msg: str) -> bool:
@@ -1028,38 +1043,100 @@ def _run(args: argparse.Namespace) -> int:
     return args.func(args)
 
 
+# ------------------------------------------------------------------------- errors
+#: How long one error line may get: a message naming thousands of columns stays readable.
+MAX_ERROR_CHARS = 1000
+EXIT_USER_ERROR, EXIT_TRANSIENT, EXIT_BROKEN_PIPE = 2, 3, 141  # 141: 128 + SIGPIPE
+
+
+def _one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` on one line (whitespace runs collapsed), cut to ``limit`` characters."""
+    line = " ".join(text.split())
+    if len(line) > limit:
+        line = f"{line[:limit]}... ({len(line) - limit:,} more characters)"
+    return line
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def describe_error(exc: BaseException) -> tuple[str, int] | None:
+    """The one-line message and exit status for an error the user can act on, or None
+    for an unexpected one (a bug: its traceback is shown).
+
+    User errors (:class:`AeAnomalyError`: bad data, config, missing model) exit 2, as do
+    a missing or unwritable path, exhausted memory and an MLflow store that refuses the
+    request; an outage that outlived the retries (database or tracking server
+    unreachable) exits 3.
+    """
+    from ae_anomaly.sources import is_transient
+
+    if isinstance(exc, AeAnomalyError):
+        return str(exc), EXIT_USER_ERROR
+    if is_transient(exc):
+        # Database unreachable (after the retries): nothing was half-written.
+        detail = _first_line(getattr(exc, "orig", None) or exc)
+        return (f"{type(exc).__name__}: {detail} (transient: the run retried and gave up; "
+                "nothing was half-written, run it again later)"), EXIT_TRANSIENT
+    if isinstance(exc, MemoryError):
+        return ("out of memory reading or scoring the input: lower data.read_chunk_rows or "
+                "scoring.chunk_steps, or train on less data (data.max_in_memory_bytes "
+                "refuses large training input before reading)"), EXIT_USER_ERROR
+    if isinstance(exc, OSError) and exc.filename is not None:
+        what = exc.strerror or type(exc).__name__
+        return f"{exc.filename}: {what}", EXIT_USER_ERROR
+    module = type(exc).__module__
+    if module.startswith("mlflow"):
+        return f"MLflow: {_first_line(exc)} (-v shows the details)", EXIT_USER_ERROR
+    if module.startswith("sqlalchemy") and hasattr(exc, "orig"):
+        # Permanent database errors (transient ones are above): a store error, one line.
+        return (f"database: {_first_line(exc.orig or exc)} (-v shows the details)",
+                EXIT_USER_ERROR)
+    return None
+
+
+def print_error(message: str) -> None:
+    """Print an error for the user: one line on stderr, prefixed ``ae-anomaly: error:``,
+    with any password in it masked. Every error message of the command goes through here."""
+    from ae_anomaly.secrets import mask_text
+
+    print(f"ae-anomaly: error: {_one_line(mask_text(message))}", file=sys.stderr)
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of our output went away (``ae-anomaly config | head -1``): stop quietly,
+    with the status a shell gives a command killed by SIGPIPE."""
+    import os
+
+    # Python flushes stdout again at exit; point it at /dev/null so that fails no more.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run a command; user errors print one line and exit 2, transient ones
-    (database unreachable after the retries) one line and exit 3."""
+    """Entry point: run a command; errors the user can act on print one line
+    (:func:`describe_error`) and exit 2, transient ones (database unreachable after the
+    retries) exit 3; a closed stdout exits 141 quietly."""
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
-        return _run(args)
-    except AeAnomalyError as exc:
-        if args.verbose:
-            raise
-        _print_error(str(exc))
-        return 2
+        status = _run(args)
+        sys.stdout.flush()  # a broken pipe surfaces here, not at exit
+        return status
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except KeyboardInterrupt:
         print("ae-anomaly: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        from ae_anomaly.sources import is_transient
-
-        if args.verbose or not is_transient(exc):
+        described = None if args.verbose else describe_error(exc)
+        if described is None:
             raise
-        # Database unreachable (after the retries): one line; nothing was half-written.
-        detail = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
-        _print_error(f"{type(exc).__name__}: {detail} (transient: the run retried and gave "
-                     "up; nothing was half-written, run it again later)")
-        return 3
-
-
-def _print_error(message: str) -> None:
-    """The one error line on stderr, with any password in it masked."""
-    from ae_anomaly.secrets import mask_text
-
-    print(f"ae-anomaly: error: {mask_text(message)}", file=sys.stderr)
+        message, status = described
+        print_error(message)
+        return status
 
 
 if __name__ == "__main__":  # pragma: no cover

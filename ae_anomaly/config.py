@@ -9,12 +9,20 @@ without writing it in a file or on a command line; see docs/security.md).
 
 from __future__ import annotations
 
+import codecs
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ae_anomaly.errors import ConfigError
 from ae_anomaly.secrets import interpolate_env, mask_text
@@ -89,6 +97,13 @@ class DataConfig(_Strict):
             (drop rows), ``error`` (reject).
         max_nan_fill: ``ffill``: the longest gap (in steps) filled.
         read_chunk_rows: rows read per chunk (bounds memory when scoring large files).
+        encoding: text encoding of CSV files (``utf-8``; a file with a byte-order mark is
+            read by it). Another encoding (``latin-1``, ``cp1252``, ``utf-16``) must be
+            declared here; an undeclared one is refused with the file named.
+        max_in_memory_bytes: largest total size of the files read whole into memory
+            (training data, network flows, promotion's evaluation data); larger inputs are
+            refused before reading. Metric files being scored are streamed in chunks and
+            not limited.
         synthetic: the demo's data generator.
         netflow: network-flow data set description (YAML); when set, train/score hold flow records.
         netflow_mode: per-entity series (``aggregate``) or one score per flow (``rows``).
@@ -106,6 +121,8 @@ class DataConfig(_Strict):
     nan_policy: Literal["ffill", "drop", "error"] = "ffill"
     max_nan_fill: int = Field(5, ge=0)
     read_chunk_rows: int = Field(200_000, ge=1000)
+    encoding: str = "utf-8"
+    max_in_memory_bytes: int = Field(1_000_000_000, ge=1)
     synthetic: SyntheticConfig = SyntheticConfig()
     netflow: str | None = Field(
         None,
@@ -114,6 +131,16 @@ class DataConfig(_Strict):
         "aggregate", description="netflow: per-entity series (aggregate) or one score per flow")
     netflow_max_categories: int = Field(
         50, ge=1, description="rows mode: most frequent training categories kept per column")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown text encoding '{value}' (e.g. utf-8, latin-1, "
+                             "cp1252, utf-16)") from None
+        return value
 
 
 class WindowConfig(_Strict):
@@ -928,10 +955,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         source = str(path)
         p = Path(resolve_config_path(path))
+        if p.is_dir():
+            raise ConfigError(f"{source}: is a folder, not a config file")
         if not p.is_file():
             raise ConfigError(f"{source}: config file not found")
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
+            loaded = yaml.safe_load(p.read_bytes().decode("utf-8-sig")) or {}
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read the config file ({exc.strerror})") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{source}: not a UTF-8 text file (byte {exc.start} is "
+                              f"0x{exc.object[exc.start]:02x}); a config is YAML text") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""

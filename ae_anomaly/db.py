@@ -29,8 +29,11 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from ae_anomaly.config import expand_path
+from ae_anomaly.errors import ConfigError
 
 VERSION_TABLE = "schema_version"
 
@@ -46,8 +49,24 @@ def make_engine(url: str, immediate: bool = False) -> Engine:
             upgrade. PostgreSQL sessions always use UTC.
     """
     url = expand_path(url) if url.startswith("sqlite") else url
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"database URL '{url}' is not a valid SQLAlchemy URL (e.g. "
+                          "sqlite:///path/to/file.db or postgresql+psycopg://user@host/db)"
+                          ) from None
+    try:
+        parsed.get_dialect()
+    except ArgumentError as exc:  # NoSuchModuleError: an unknown scheme or driver
+        raise ConfigError(f"database URL '{parsed.render_as_string(hide_password=True)}': "
+                          f"{str(exc).strip().splitlines()[0]}") from None
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(url.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"database URL '{url}': cannot create the folder {folder} "
+                              f"({exc.strerror})") from None
         engine = create_engine(url, connect_args={"timeout": 60})
         if immediate:
             @event.listens_for(engine, "connect")

@@ -45,3 +45,14 @@ class DataError(AeAnomalyError):
 
 class ModelNotFoundError(AeAnomalyError):
     """A registered model or alias does not exist."""
+
+
+def shorten(items: list[str] | tuple[str, ...], limit: int = 10) -> str:
+    """``items`` joined with commas, cut after ``limit`` with a count of the rest.
+
+    A message that lists columns stays one readable line even for a 5,000-column file:
+    ``shorten([...5000 names...], 3)`` is ``'x0, x1, x2 and 4,997 more'``.
+    """
+    shown = ", ".join(str(i) for i in items[:limit])
+    rest = len(items) - limit
+    return f"{shown} and {rest:,} more" if rest > 0 else shown

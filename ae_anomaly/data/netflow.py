@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ae_anomaly.config import AppConfig, DataConfig, expand_path
-from ae_anomaly.data.timeseries import list_data_files
+from ae_anomaly.data.timeseries import check_in_memory_size, csv_encoding, list_data_files
 from ae_anomaly.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -508,7 +508,8 @@ def _read_csv(path: Path, ds: NetflowDatasetConfig) -> pd.DataFrame:
     text_cols = set(ds.entity + ds.categorical + ([ds.label] if ds.label else []))
     if ds.timestamp is not None and ds.timestamp_unit is None:
         text_cols.add(ds.timestamp)
-    common: dict[str, Any] = {"skipinitialspace": True, "low_memory": False}
+    common: dict[str, Any] = {"skipinitialspace": True, "low_memory": False,
+                              "encoding": csv_encoding(path)}
     try:
         if ds.header:
             # The header and the first data row: a ParserError when that row is longer.
@@ -883,6 +884,7 @@ def read_netflow_input(cfg: AppConfig, paths: list[str], training: bool = False
             "into per-host series; use data.netflow_mode=rows (or train/test files)"
         )
     files = [f for p in paths for f in netflow_paths(expand_path(p), ds)]
+    check_in_memory_size([Path(f) for f in files], cfg.data, "flow input")
     frame = read_netflow_paths(files, ds)
     if ds.split is not None and (training or IS_ANOMALY in frame.columns):
         frame = split_part(frame, ds, "train" if training else "test")

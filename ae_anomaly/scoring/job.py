@@ -12,12 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ae_anomaly.config import DataConfig, EventsConfig, ScoringConfig
-from ae_anomaly.data.timeseries import ENTITY, TS, TimeSeriesReader, list_data_files
+from ae_anomaly.data.timeseries import (
+    ENTITY,
+    TS,
+    TimeSeriesReader,
+    file_columns,
+    list_data_files,
+)
 from ae_anomaly.detectors import BaseDetector
+from ae_anomaly.errors import DataError
 from ae_anomaly.events import Event, EventBuilder
 from ae_anomaly.records import EventRecord, ModelRef
 from ae_anomaly.scoring.stream import StreamingScorer
@@ -88,13 +94,23 @@ def score_files(
                     )
                 values = grp[detector.feature_names_].to_numpy(np.float64)
                 _consume(ent, state[ent][0].push(grp[TS].to_numpy(), values))
+        short = {}
         for ent, (scorer, builder) in state.items():
             _consume(ent, scorer.flush())
             result.events.extend(builder.flush())
             if scorer.n_emitted < scorer.n_seen:
                 result.unscored[ent] = scorer.n_seen - scorer.n_emitted
-                log.warning("%s: entity '%s' has %d steps, fewer than one window (%d): not "
-                            "scored", f, ent, scorer.n_seen, detector.min_samples)
+                short[ent] = scorer.n_seen
+        if short and not any(result.steps.get(e) for e in state):
+            # Nothing of this file could be scored: an error, not an empty success.
+            ent, n = next(iter(short.items()))
+            raise DataError(f"too short to score: entity '{ent}' has {n} steps, fewer than "
+                            f"the model needs ({detector.min_samples})"
+                            + (f"; {len(short) - 1} more entities too" if len(short) > 1
+                               else ""), path=str(f))
+        for ent, n in short.items():
+            log.warning("%s: entity '%s' has %d steps, fewer than one window (%d): not "
+                        "scored", f, ent, n, detector.min_samples)
     bar.close()
     return result
 
@@ -113,13 +129,7 @@ def check_file_schema(path: Path, features: list[str], data_cfg: DataConfig) -> 
     """
     if data_cfg.format in ("long", "smd"):
         return
-    try:
-        if path.suffix.lower() == ".csv":
-            cols = list(pd.read_csv(path, nrows=0).columns)
-        else:
-            cols = list(pq.ParquetFile(path).schema_arrow.names)
-    except Exception:  # unreadable: the reader reports it with the row and column
-        return
+    cols = file_columns(path, data_cfg)
     if data_cfg.metric_col in cols and data_cfg.value_col in cols:
         return
     keys = {data_cfg.timestamp_col, data_cfg.entity_col, *LABEL_COLUMNS}

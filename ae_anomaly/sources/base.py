@@ -22,7 +22,7 @@ from sqlalchemy import exc as sa_exc
 
 from ae_anomaly.config import DataConfig
 from ae_anomaly.data.timeseries import ENTITY, TS, TimeSeriesReader
-from ae_anomaly.errors import AeAnomalyError, DataError
+from ae_anomaly.errors import AeAnomalyError, DataError, shorten
 
 Validate = Callable[[pd.DataFrame], pd.DataFrame]
 """Validates one raw frame of an entity (consecutive frames in order) into ``TS, ENTITY,
@@ -97,7 +97,11 @@ def is_transient(exc: BaseException) -> bool:
     while cur is not None and seen < 10:
         if isinstance(cur, FileNotReady):
             return True
-        if isinstance(cur, AeAnomalyError):
+        if isinstance(cur, AeAnomalyError | BrokenPipeError):
+            # A broken pipe is the reader of our output going away (``| head``): retrying
+            # cannot help. A database driver reports its own socket errors as its own types.
+            return False
+        if _is_sqlite_path_error(cur):
             return False
         if isinstance(cur, sa_exc.DBAPIError) and cur.connection_invalidated:
             return True
@@ -106,6 +110,13 @@ def is_transient(exc: BaseException) -> bool:
         cur = cur.__cause__ or cur.__context__
         seen += 1
     return False
+
+
+def _is_sqlite_path_error(exc: BaseException) -> bool:
+    """SQLite's "unable to open database file": a missing or unwritable folder, not an
+    outage (the file is local; waiting does not create the folder)."""
+    return (isinstance(exc, sa_exc.OperationalError)
+            and "unable to open database file" in str(exc.orig if exc.orig else exc))
 
 
 def check_feature_schema(expected: list[str], found: list[str], where: str,
@@ -124,12 +135,12 @@ def check_feature_schema(expected: list[str], found: list[str], where: str,
         return
     parts = []
     if missing:
-        parts.append(f"missing {', '.join(missing)}")
+        parts.append(f"missing {shorten(missing)}")
     if extra:
-        parts.append(f"unexpected {', '.join(extra)}")
+        parts.append(f"unexpected {shorten(extra)}")
     raise FeatureSchemaError(
         f"feature schema mismatch: {model} was trained on {len(expected)} metrics "
-        f"({', '.join(expected)}); the data has {'; '.join(parts)} (set data.metrics to "
+        f"({shorten(expected)}); the data has {'; '.join(parts)} (set data.metrics to "
         f"choose columns, or train a model on this schema)", path=where)
 
 
