@@ -306,6 +306,15 @@ def test_served_score_deployment_runs_on_schedule(store, ops, tmp_path):
         runs = _completed_runs(api)
         assert len(runs) >= 2 and all(r["state_type"] == "COMPLETED" for r in runs)
         ops.assert_same_events(ops.read_events(url), want)
+        # SIGTERM (what a service manager sends) stops serve cleanly: exit 0, one line, and
+        # no run of the deployment left running or pending.
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=180) == 0, (tmp_path / "serve.log").read_text()[-3000:]
+        assert "ae-anomaly serve: stopped" in (tmp_path / "serve.log").read_text()
+        body = {"flow_runs": {"state": {"type": {"any_": ["RUNNING", "PENDING"]}}},
+                "deployments": {"name": {"any_": ["score"]}}}
+        stuck = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
+        assert not stuck, [(r["name"], r["state"]["name"]) for r in stuck]
     finally:
         for proc in (serve, server):
             if proc is not None and proc.poll() is None:

@@ -110,3 +110,11 @@ def test_rollback_and_config_import_neither_torch_nor_prefect(tmp_path: Path) ->
     imported = {line.split("|")[-1].strip().split(".")[0]
                 for line in res.stderr.splitlines() if line.startswith("import time:")}
     assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
+
+
+def test_alerts_list_imports_nothing_heavy(table: str) -> None:
+    res = _cli("alerts", "list", "--set", f"sink.url={table}", importtime=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    imported = {line.split("|")[-1].strip().split(".")[0]
+                for line in res.stderr.splitlines() if line.startswith("import time:")}
+    assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
