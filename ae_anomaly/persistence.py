@@ -1,14 +1,10 @@
-"""What every saved detector folder shares: readable ``config.json`` + ``weights.pt``."""
+"""What every saved detector records besides its state: package versions and the training
+history (the folder itself is written by :meth:`ae_anomaly.detectors.BaseDetector.save`)."""
 
 from __future__ import annotations
 
-import json
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import Any
-
-import torch
-from torch import nn
 
 from ae_anomaly.training import TrainHistory
 
@@ -33,12 +29,3 @@ def history_to_dict(h: TrainHistory) -> dict[str, Any]:
 def history_from_dict(d: dict[str, Any]) -> TrainHistory:
     """Inverse of :func:`history_to_dict`."""
     return TrainHistory(d["train_loss"], d["val_loss"], d["best_epoch"], d["seconds"])
-
-
-def save_folder(path: str | Path, state: dict[str, Any], network: nn.Module) -> Path:
-    """Write ``config.json`` (the readable state) and ``weights.pt`` (the state_dict)."""
-    p = Path(path)
-    p.mkdir(parents=True, exist_ok=True)
-    (p / "config.json").write_text(json.dumps(state, indent=1))
-    torch.save(network.state_dict(), p / "weights.pt")
-    return p
