@@ -12,13 +12,12 @@ background thread (docs/alerting.md), so notifications are sent between runs too
 
 from __future__ import annotations
 
-import signal
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.runner import Runner
 
 from ae_anomaly.alerts.dispatcher import start_background
 from ae_anomaly.config import load_config
@@ -83,25 +82,39 @@ def check_api() -> str:
 
 def serve_deployments(config: str | None, overrides: list[str] | None = None) -> None:
     """Register the deployments with the Prefect API and run them as they come due, until
-    SIGINT (Ctrl-C) or SIGTERM: both stop it the same way (Prefect's runner cancels the
-    runs it started, the schedules are paused, the alert dispatcher stops)."""
+    SIGINT (Ctrl-C) or SIGTERM: both stop it the same way (the runner's shutdown: runs it
+    started are cancelled, the schedules paused; then the alert dispatcher stops)."""
+    import asyncio
+
+    from prefect.flows import _display_serve_start_message
+
     deployments = build_deployments(config, overrides)
     check_api()
     dispatcher = start_background(load_config(config, overrides))
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    runner = _Runner(pause_on_shutdown=True)
+    for dep in deployments:
+        runner.add_deployment(dep)
+    _display_serve_start_message(*deployments)
     try:
-        serve(*deployments)
+        asyncio.run(runner.start())
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
         if dispatcher is not None:
             dispatcher[1].set()
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM as Ctrl-C: the runner's own shutdown path handles both."""
-    raise KeyboardInterrupt
+class _Runner(Runner):
+    """Prefect's runner, with SIGTERM handled as Ctrl-C.
+
+    Prefect 3.8's own SIGTERM handler calls the runner's synchronous ``stop()`` from the
+    signal handler (its coroutine is never awaited) and exits at once, leaving the runs it
+    started behind; raising ``KeyboardInterrupt`` instead takes the same shutdown path as
+    Ctrl-C.
+    """
+
+    def handle_sigterm(self, *args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
 
 
 if __name__ == "__main__":  # pragma: no cover
