@@ -282,9 +282,26 @@ class _SourceTable:
         self.engine.dispose()
 
 
+def tracking_template(folder: Path) -> Path:
+    """An empty MLflow SQLite store (schema migrated) to copy into each cell's state
+    folder: creating one from scratch costs seconds per cell, a copy milliseconds."""
+    from ae_anomaly.config import TrackingConfig
+    from ae_anomaly.tracking import Tracker
+
+    folder.mkdir(parents=True, exist_ok=True)
+    Tracker(TrackingConfig(tracking_uri=f"sqlite:///{folder}/mlflow.db",
+                           artifact_location=str(folder / "mlartifacts"),
+                           experiment="template"))
+    return folder / "mlflow.db"
+
+
 def replay_cell(s: ReplaySettings, model: str, seed: int, variant: str, entity: str,
-                series: Series, state: Path) -> dict[str, Any]:
-    """Replay one entity with one model, seed and variant; returns its record."""
+                series: Series, state: Path,
+                mlflow_template: Path | None = None) -> dict[str, Any]:
+    """Replay one entity with one model, seed and variant; returns its record.
+
+    ``mlflow_template``: an empty store from :func:`tracking_template` to start from.
+    """
     from ae_anomaly import pipeline
     from ae_anomaly.sinks import EventQuery, open_sink
     from ae_anomaly.tracking import Tracker
@@ -299,6 +316,8 @@ def replay_cell(s: ReplaySettings, model: str, seed: int, variant: str, entity: 
     ticks = schedule(n, initial, rc.score_every, rc.retrain_every)
     t_cell = time.perf_counter()
     source = _SourceTable(cfg.source.url or "", metrics)
+    if mlflow_template is not None:
+        shutil.copyfile(mlflow_template, state / "mlflow.db")
     tracker = Tracker(cfg.tracking)
     train_s = score_s = 0.0
     decisions: list[dict[str, Any]] = []
@@ -498,6 +517,8 @@ def run_replay(settings: ReplaySettings, output: str | Path, models: Sequence[st
     bar = tqdm(total=len(cells), desc=f"replay {bench.dataset}", unit="cell",
                disable=not progress, dynamic_ncols=True)
     ent_name, series = None, None
+    template: Path | None = None
+    tmp = tempfile.TemporaryDirectory(prefix="ae-replay-template-")
     try:
         with threadpool_limits(limits=bench.cfg.training.num_threads):
             for e, m, sd, v in cells:
@@ -508,7 +529,9 @@ def run_replay(settings: ReplaySettings, output: str | Path, models: Sequence[st
                     ent_name, series = e, entity_series(bench.dataset, dataset.load(e))
                 assert series is not None
                 bar.set_postfix_str(f"{m}/{v} {Path(e).stem} seed {sd}")
-                rec = _run_cell(settings, m, sd, v, e, series, out_path)
+                if template is None:
+                    template = tracking_template(Path(tmp.name))
+                rec = _run_cell(settings, m, sd, v, e, series, out_path, template)
                 data["records"].append(rec)
                 done.add((m, e, sd, v))
                 run_info["cells_computed"] += 1
@@ -518,20 +541,21 @@ def run_replay(settings: ReplaySettings, output: str | Path, models: Sequence[st
                     on_cell(rec)
     finally:
         bar.close()
+        tmp.cleanup()
         flush(final=True)
     return data
 
 
 def _run_cell(s: ReplaySettings, model: str, seed: int, variant: str, entity: str,
-              series: Series, out_path: Path) -> dict[str, Any]:
+              series: Series, out_path: Path, template: Path) -> dict[str, Any]:
     if s.replay.keep_state:
         state = (out_path.with_name(out_path.stem + ".state")
                  / f"{model}--{variant}--{entity.replace('/', '__')}--{seed}")
         shutil.rmtree(state, ignore_errors=True)  # a crashed cell starts over
         state.mkdir(parents=True)
-        return replay_cell(s, model, seed, variant, entity, series, state)
+        return replay_cell(s, model, seed, variant, entity, series, state, template)
     with tempfile.TemporaryDirectory(prefix="ae-replay-") as tmp:
-        return replay_cell(s, model, seed, variant, entity, series, Path(tmp))
+        return replay_cell(s, model, seed, variant, entity, series, Path(tmp), template)
 
 
 def summarize_replay(records: list[dict[str, Any]],
