@@ -81,3 +81,19 @@ def test_replay_settings_are_checked(tmp_path):
                                                              "calibration.adaptive=aci"])
     assert s.replay.retrain_every == 5 and s.replay.train_window == 20160
     assert s.variants == ["aci"]
+
+
+def test_nab_series_with_repeated_timestamps_gets_a_regular_clock():
+    from ae_anomaly.evaluation.benchmark import EntityData
+    from ae_anomaly.evaluation.replay import entity_series
+
+    ts = pd.to_datetime(["2020-01-01 00:00", "2020-01-01 00:05", "2020-01-01 00:05",
+                         "2020-01-01 00:10", "2020-01-01 00:15"])
+    frame = pd.DataFrame({"timestamp": ts, "entity": "f.csv", "value": np.arange(5.0)})
+    s = entity_series("nab", EntityData("f.csv", frame.iloc[:2], frame,
+                                        np.array([0, 1, 0]), eval_from=2))
+    assert s.frame.timestamp.diff().iloc[1:].eq(pd.Timedelta("5min")).all()
+    assert s.frame.value.tolist() == [0, 1, 2, 3, 4] and s.labels.tolist() == [0, 0, 0, 1, 0]
+    ok = entity_series("nab", EntityData("f.csv", frame.iloc[:2], frame.iloc[:2], np.array([]),
+                                         eval_from=2))
+    assert ok.frame.timestamp.tolist() == ts[:2].tolist()
