@@ -306,11 +306,12 @@ def tracking_template(folder: Path) -> Path:
 
 
 def replay_cell(s: ReplaySettings, model: str, seed: int, variant: str, entity: str,
-                series: Series, state: Path,
-                mlflow_template: Path | None = None) -> dict[str, Any]:
+                series: Series, state: Path, mlflow_template: Path | None = None,
+                on_tick: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Replay one entity with one model, seed and variant; returns its record.
 
-    ``mlflow_template``: an empty store from :func:`tracking_template` to start from.
+    ``mlflow_template``: an empty store from :func:`tracking_template` to start from;
+    ``on_tick(i, n)`` is called after each tick's scoring (progress).
     """
     from ae_anomaly import pipeline
     from ae_anomaly.sinks import EventQuery, open_sink
@@ -371,6 +372,8 @@ def replay_cell(s: ReplaySettings, model: str, seed: int, variant: str, entity: 
             t0 = time.perf_counter()
             pipeline.score_increment(cfg, det, ref, job_id=f"replay-{i}")
             score_s += time.perf_counter() - t0
+            if on_tick is not None:
+                on_tick(i + 1, len(ticks))
         events = open_sink(cfg).read(EventQuery(model=name, limit=None))
         version_at[:initial] = version_at[initial]
         # Scores for AUC: each step scored by the version that was champion when it came.
@@ -541,7 +544,13 @@ def run_replay(settings: ReplaySettings, output: str | Path, models: Sequence[st
                 bar.set_postfix_str(f"{m}/{v} {Path(e).stem} seed {sd}")
                 if template is None:
                     template = tracking_template(Path(tmp.name))
-                rec = _run_cell(settings, m, sd, v, e, series, out_path, template)
+                label = f"{m}/{v} {Path(e).stem} seed {sd}"
+
+                def tick(i: int, k: int, label: str = label) -> None:
+                    if i % 10 == 0 or i == k:
+                        bar.set_postfix_str(f"{label} tick {i}/{k}")
+
+                rec = _run_cell(settings, m, sd, v, e, series, out_path, template, tick)
                 data["records"].append(rec)
                 done.add((m, e, sd, v))
                 run_info["cells_computed"] += 1
@@ -557,15 +566,17 @@ def run_replay(settings: ReplaySettings, output: str | Path, models: Sequence[st
 
 
 def _run_cell(s: ReplaySettings, model: str, seed: int, variant: str, entity: str,
-              series: Series, out_path: Path, template: Path) -> dict[str, Any]:
+              series: Series, out_path: Path, template: Path,
+              on_tick: Callable[[int, int], None] | None) -> dict[str, Any]:
     if s.replay.keep_state:
         state = (out_path.with_name(out_path.stem + ".state")
                  / f"{model}--{variant}--{entity.replace('/', '__')}--{seed}")
         shutil.rmtree(state, ignore_errors=True)  # a crashed cell starts over
         state.mkdir(parents=True)
-        return replay_cell(s, model, seed, variant, entity, series, state, template)
+        return replay_cell(s, model, seed, variant, entity, series, state, template, on_tick)
     with tempfile.TemporaryDirectory(prefix="ae-replay-") as tmp:
-        return replay_cell(s, model, seed, variant, entity, series, Path(tmp), template)
+        return replay_cell(s, model, seed, variant, entity, series, Path(tmp), template,
+                           on_tick)
 
 
 def summarize_replay(records: list[dict[str, Any]],
