@@ -516,6 +516,12 @@ def run_replay(settings: ReplaySettings, output: str | Path, models: Sequence[st
     data["meta"]["runs"].append(run_info)
     t_run = time.perf_counter()
     done = {(r["base_model"], r["entity"], r["seed"], r["variant"]) for r in data["records"]}
+    for rec in data["records"]:
+        want = bench.model_params.get(rec["base_model"])
+        if want is not None and rec.get("model_config") != _jsonable(want):
+            raise ConfigError(
+                f"{out_path}: the finished cells of '{rec['base_model']}' used other model "
+                "settings; use another --output or delete the file to start over")
 
     def flush(final: bool = False) -> None:
         run_info["wall_s"] = round(time.perf_counter() - t_run, 2)
