@@ -59,3 +59,9 @@ def test_replay_runs_through_registry_and_sink_and_resumes(tmp_path, capsys):
     again = load_results(out)
     assert again["meta"]["runs"][-1]["cells_computed"] == 0
     assert json.dumps(again["records"]) == json.dumps(recs)
+
+    # Other replay settings on the same file: refused, nothing recomputed.
+    other = [a if a != "replay.score_every=120" else "replay.score_every=60" for a in argv]
+    assert main(other) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert load_results(out)["meta"]["runs"] == again["meta"]["runs"]
