@@ -672,6 +672,7 @@ def plot_alarm_rate(data: dict[str, Any], path: str | Path) -> Path:
     ax.set_xlabel("day of the replay")
     ax.set_ylabel("share of label-0 steps in events")
     ax.set_yscale("symlog", linthresh=1e-4)
+    ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
     fig.tight_layout()
     p = Path(path)
