@@ -52,6 +52,10 @@ def test_replay_runs_through_registry_and_sink_and_resumes(tmp_path, capsys):
     assert set(res["summary"]) == {"pca/static", "pca/aci"}
     report = (tmp_path / "replay.md").read_text()
     assert "events/entity-day" in report and (tmp_path / "replay.png").is_file()
+    # The benchmark's report renders a replay file, with the replay's tables.
+    from ae_anomaly.evaluation.report import render
+
+    assert "Retrain and promotion decisions" in render([out])
     capsys.readouterr()
 
     # The same command again: every cell is in the file, nothing is recomputed.
