@@ -58,7 +58,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ae_anomaly.config import apply_overrides
+from ae_anomaly.config import AppConfig, apply_overrides
 from ae_anomaly.data.timeseries import ENTITY, SMD_ORIGIN, TS
 from ae_anomaly.errors import ConfigError
 from ae_anomaly.evaluation.benchmark.datasets import Dataset, EntityData
@@ -244,7 +244,7 @@ def entity_series(kind: str, ent: EntityData) -> Series:
 
 
 def _cell_config(s: ReplaySettings, model: str, seed: int, variant: str, state: Path,
-                 metrics: list[str]) -> Any:
+                 metrics: list[str]) -> AppConfig:
     """The run's configuration with the cell's model, seed, variant and state folder."""
     cfg = s.bench.cfg
     raw = cfg.model_dump(mode="json")
@@ -261,8 +261,6 @@ def _cell_config(s: ReplaySettings, model: str, seed: int, variant: str, state: 
     raw["source"] = {**raw["source"], "kind": "sql", "url": f"sqlite:///{state}/source.db",
                      "table": "metrics", "since": None}
     raw = apply_overrides(raw, VARIANTS[variant])
-    from ae_anomaly.config import AppConfig
-
     return AppConfig.model_validate(raw)
 
 
@@ -365,7 +363,8 @@ def replay_cell(s: ReplaySettings, model: str, seed: int, variant: str, entity: 
                     d = pipeline.promote(cfg, tracker)
                     row.update(promoted=d.promoted,
                                gates={g.name: g.passed for g in d.gates})
-                det, ref = tracker.load()
+                if tracker.alias_version(cfg.tracking.alias) != ref.version:
+                    det, ref = tracker.load()  # resolved through the registry, as a run would
                 row["champion_after"] = ref.version
                 decisions.append(row)
             version_at[tick.start:tick.end] = int(ref.version)
@@ -417,7 +416,7 @@ def event_mask_from_table(ts: np.ndarray, events: pd.DataFrame) -> tuple[np.ndar
 
 
 def evaluate_replay(series: Series, events: pd.DataFrame, scores: np.ndarray,
-                    cfg: Any) -> dict[str, Any]:
+                    cfg: AppConfig) -> dict[str, Any]:
     """A cell's metrics on the evaluated steps (``eval_from`` on), no point adjustment."""
     ts = series.frame[TS].to_numpy()
     pred_all, spans = event_mask_from_table(ts, events)
