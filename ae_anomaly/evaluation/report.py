@@ -355,7 +355,12 @@ def render(paths: Sequence[str | Path], variants: Sequence[str | Path] = (),
     out += [""]
     out += [NOTES_START, (notes or "").strip("\n"), NOTES_END, "", "## Results", ""]
     for p, d in loaded:
-        out += [render_file(p, d), ""]
+        if d["meta"].get("kind") == "replay":  # ae-anomaly replay: its own tables too
+            from ae_anomaly.evaluation.replay import render_replay
+
+            out += [render_replay(p, d), ""]
+        else:
+            out += [render_file(p, d), ""]
     by_ds: dict[str, list[str | Path]] = {}
     for v in variants:
         by_ds.setdefault(load_results(v)["meta"]["settings"]["dataset"], []).append(v)
