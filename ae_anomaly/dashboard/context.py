@@ -88,7 +88,7 @@ class ContextLoader:
             if self._source is None:
                 from ae_anomaly.sources import open_source
 
-                self._source = open_source(self.cfg)
+                self._source = open_source(self.cfg, read_only=True)
             return self._source
 
     def recent_series(self, entity: str, n_steps: int = 500) -> pd.DataFrame:

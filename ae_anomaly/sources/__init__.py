@@ -35,14 +35,15 @@ from ae_anomaly.sources.landing import (
 )
 from ae_anomaly.sources.sql import SqlMetricsSource, open_sql_source
 
-_SOURCES: dict[str, Callable[[AppConfig], Source]] = {
+_SOURCES: dict[str, Callable[..., Source]] = {
     "folder": open_landing_source,
     "sql": open_sql_source,
 }
 
 
-def open_source(cfg: AppConfig) -> Source:
-    """The configured incremental source, chosen by ``source.kind``.
+def open_source(cfg: AppConfig, read_only: bool = False) -> Source:
+    """The configured incremental source, chosen by ``source.kind``; ``read_only`` for a
+    reader that must not create tables or take write locks (the dashboard).
 
     Raises:
         ConfigError: ``source.kind`` names no incremental source (e.g. ``files``, which
@@ -53,7 +54,7 @@ def open_source(cfg: AppConfig) -> Source:
         raise ConfigError(f"source.kind '{cfg.source.kind}' is not an incremental source; "
                           f"valid kinds: {', '.join(sorted(_SOURCES))} (a landing folder "
                           "with source.path, or a SQL table with source.url)")
-    return opener(cfg)
+    return opener(cfg, read_only=read_only)
 
 
 __all__ = [

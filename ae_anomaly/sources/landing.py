@@ -120,7 +120,7 @@ class LandingFolder:
     """
 
     def __init__(self, src: SourceConfig, data: DataConfig, engine: Engine,
-                 metrics: list[str] | None = None) -> None:
+                 metrics: list[str] | None = None, create: bool = True) -> None:
         assert src.path is not None
         self.src = src
         self.data = data
@@ -129,10 +129,12 @@ class LandingFolder:
         self.folder = Path(expand_path(src.path))
         self.processed = self.folder / src.processed_dir
         self.quarantine = self.folder / src.quarantine_dir
-        self.folder.mkdir(parents=True, exist_ok=True)
         md = MetaData()
         self.staging = staging_table(md, src.staging_table)
         self.files = landing_files_table(md, src.staging_table)
+        if not create:  # a reader (the dashboard): no folder, no tables, no write lock
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
         with engine.begin() as conn:  # concurrent runs: one creates, the others wait
             transaction_lock(conn, "staging", src.staging_table)
             md.create_all(conn)
@@ -282,18 +284,20 @@ def staging_url(cfg: AppConfig) -> str:
     return cfg.source.staging_url or cfg.sink.url
 
 
-def open_landing(cfg: AppConfig, metrics: list[str] | None = None) -> LandingFolder:
+def open_landing(cfg: AppConfig, metrics: list[str] | None = None,
+                 read_only: bool = False) -> LandingFolder:
     """The configured landing folder, on an engine of its own (:func:`staging_url`).
 
     Args:
         cfg: configuration (``source``, ``data``, ``sink.url`` as the default database).
         metrics: the metrics a file must hold (the champion's features); None: any.
+        read_only: only read the staging table (creates nothing, takes no write lock).
     """
     # BEGIN IMMEDIATE on SQLite: concurrent ingests queue for the write lock.
-    engine = make_engine(staging_url(cfg), immediate=True)
-    return LandingFolder(cfg.source, cfg.data, engine, metrics)
+    engine = make_engine(staging_url(cfg), immediate=not read_only)
+    return LandingFolder(cfg.source, cfg.data, engine, metrics, create=not read_only)
 
 
-def open_landing_source(cfg: AppConfig) -> SqlMetricsSource:
+def open_landing_source(cfg: AppConfig, read_only: bool = False) -> SqlMetricsSource:
     """The landing folder's staging table as the source of ``source.kind: folder``."""
-    return open_landing(cfg).source(since=parse_ts(cfg.source.since))
+    return open_landing(cfg, read_only=read_only).source(since=parse_ts(cfg.source.since))

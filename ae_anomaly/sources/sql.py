@@ -212,8 +212,9 @@ class SqlMetricsSource:
             cursor = hi
 
 
-def open_sql_source(cfg: AppConfig) -> SqlMetricsSource:
-    """The raw metrics table of ``source.kind: sql`` (``source.url``, ``source.table``)."""
+def open_sql_source(cfg: AppConfig, read_only: bool = False) -> SqlMetricsSource:
+    """The raw metrics table of ``source.kind: sql`` (``source.url``, ``source.table``);
+    scoring only reads it, so ``read_only`` changes nothing."""
     src = cfg.source
     assert src.url is not None
     return SqlMetricsSource(make_engine(src.url), src.table, cfg.data,

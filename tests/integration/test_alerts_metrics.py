@@ -85,7 +85,9 @@ def test_metrics_parse_and_carry_the_documented_series(tmp_path):
     try:
         cfg = _setup(f"sqlite:///{tmp_path}/m.db", receiver.url, tmp_path)
         Dispatcher.from_config(cfg).run_once()
-        with TestClient(create_app(cfg, compute_scores=False)) as c:
+        # the dashboard trusts its bind address and localhost (docs/security.md)
+        with TestClient(create_app(cfg, compute_scores=False),
+                        base_url="http://127.0.0.1") as c:
             resp = c.get("/metrics")
         assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
         fams = _families(resp.text)
