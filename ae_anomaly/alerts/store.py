@@ -45,8 +45,11 @@ from sqlalchemy import (
     Text,
     and_,
     delete,
+    exists,
     func,
+    or_,
     select,
+    true,
     update,
 )
 
@@ -334,10 +337,10 @@ class AlertStore:
                              .values(ends_at=now)).rowcount
         return bool(n)
 
-    def silences(self, active_only: bool = True) -> list[Silence]:
-        """The silences (active now, or all), newest first."""
+    def silences(self, active_only: bool = True, limit: int | None = None) -> list[Silence]:
+        """The silences (active now, or all: past, active and future), newest first."""
         s = self.tables.silences
-        stmt = select(s).order_by(s.c.id.desc())
+        stmt = select(s).order_by(s.c.id.desc()).limit(limit)
         if active_only:
             now = utcnow()
             stmt = stmt.where(s.c.starts_at <= now, s.c.ends_at > now)
@@ -367,35 +370,63 @@ class AlertStore:
             return [dict(r._mapping) for r in conn.execute(select(self.tables.runs))]
 
     # ------------------------------------------------------------- listing
+    def _status_clause(self, channels: list[str], status: str | None) -> Any:
+        """Outbox rows with ``status`` on some channel (None: every row).
+
+        ``pending``: waiting on a configured channel, never tried there or retrying.
+        """
+        ob, d = self.tables.outbox, self.tables.deliveries
+        if status is None:
+            return true()
+        if status not in STATUSES:
+            raise ValueError(f"unknown status '{status}'; valid: {', '.join(STATUSES)}")
+        wanted = ("retry",) if status in ("retry", "pending") else (status,)
+        clause = ob.c.id.in_(select(d.c.outbox_id).where(d.c.status.in_(wanted)))
+        if status == "pending":
+            never_tried = [~exists().where(d.c.outbox_id == ob.c.id, d.c.channel == ch)
+                           for ch in channels]
+            clause = or_(clause, *never_tried)
+        return clause
+
+    def count_notifications(self, channels: list[str], status: str | None = None) -> int:
+        """How many outbox rows :meth:`notifications` would page through."""
+        ob = self.tables.outbox
+        stmt = select(func.count()).select_from(ob).where(self._status_clause(channels, status))
+        with self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
     def notifications(self, channels: list[str], status: str | None = None,
-                      limit: int = 50) -> list[dict[str, Any]]:
+                      limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
         """Outbox rows with their delivery state per channel, newest first.
 
         Args:
             channels: the configured channels (a row without a delivery is pending there).
-            status: only rows with this status on some channel (see ``STATUSES``).
+            status: only rows with this status on some channel (see ``STATUSES``;
+                ``pending`` includes rows waiting for a retry).
             limit: rows to return.
+            offset: rows to skip (paging, newest first).
+
+        Returns:
+            One dict per outbox row (its columns) with ``deliveries``: channel -> the
+            delivery's columns (``status``, ``reason``, ``attempts``, ...), ``{"status":
+            "pending"}`` for a configured channel not tried yet.
         """
         ob, d = self.tables.outbox, self.tables.deliveries
+        stmt = (select(ob).where(self._status_clause(channels, status))
+                .order_by(ob.c.id.desc()).limit(limit).offset(max(0, offset)))
         with self.engine.connect() as conn:
-            rows = [dict(r._mapping) for r in conn.execute(
-                select(ob).order_by(ob.c.id.desc()).limit(max(limit * 20, 500)))]
+            rows = [dict(r._mapping) for r in conn.execute(stmt)]
             ids = [r["id"] for r in rows]
             dels: dict[int, dict[str, dict[str, Any]]] = {}
             for i in range(0, len(ids), 500):
                 for r in conn.execute(select(d).where(d.c.outbox_id.in_(ids[i:i + 500]))):
                     dels.setdefault(r.outbox_id, {})[r.channel] = dict(r._mapping)
-        out = []
         for r in rows:
             r["deliveries"] = {ch: dels.get(r["id"], {}).get(ch, {"status": "pending"})
                                for ch in channels}
             for ch, dl in dels.get(r["id"], {}).items():
                 r["deliveries"].setdefault(ch, dl)
-            if status is None or any(x["status"] == status for x in r["deliveries"].values()):
-                out.append(r)
-            if len(out) >= limit:
-                break
-        return out
+        return rows
 
     def delivery_counts(self) -> dict[tuple[str, str], int]:
         """Deliveries per (channel, status)."""

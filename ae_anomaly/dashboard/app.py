@@ -3,6 +3,9 @@
 Pages: ``/`` events (filters, counts per entity per hour), ``/events/{id}`` one event in
 context, ``/alarm-rate`` alarm rate per day against the budget, ``/feedback`` feedback counts
 (``/feedback.csv`` exports them). ``POST /events/{id}/feedback`` records an operator action.
+``/alerts``: alert notifications with their delivery state per channel, and the silences
+(``POST /alerts/silences`` adds one, ``POST /alerts/silences/{id}/end`` ends one early),
+through :class:`ae_anomaly.alerts.store.AlertStore`.
 ``/metrics``: the pipeline's Prometheus metrics (:mod:`ae_anomaly.alerts.metrics`).
 
 Every request passes :class:`~ae_anomaly.dashboard.security.SecurityMiddleware` first
@@ -224,6 +227,78 @@ def alarm_budget(cfg: AppConfig, loader: ContextLoader,
                              f"(an upper bound on false-alarm events, which merge steps)")
 
 
+NOTIFICATION_STATES = ("", "pending", "sent", "parked", "suppressed", "retry", "expired")
+SILENCE_HOURS = 2.0  # the form's default length
+
+
+def _parse_utc(text: str) -> datetime:
+    """A date and time from a form field (``YYYY-MM-DDTHH:MM``, UTC unless it says)."""
+    ts = pd.Timestamp(text.strip())
+    if ts.tzinfo is not None:
+        ts = ts.tz_convert("UTC").tz_localize(None)
+    return ts.to_pydatetime()
+
+
+def _parse_duration(text: str) -> timedelta:
+    """A length such as ``90m``, ``2h``, ``1d`` or ``1.5`` (hours); positive."""
+    text = text.strip()
+    try:
+        delta = timedelta(hours=float(text))
+    except ValueError:
+        delta = pd.Timedelta(text).to_pytimedelta()
+    if delta <= timedelta(0):
+        raise ValueError(f"the duration '{text}' is not positive")
+    return delta
+
+
+def parse_silence_form(form: dict[str, str], now: datetime
+                       ) -> tuple[dict[str, Any] | None, list[str]]:
+    """The silence the dashboard's form asks for, or the reasons it cannot be set.
+
+    Fields: ``entity`` and / or ``model`` (glob patterns), ``start`` (default now), ``end``
+    or ``duration`` (``2h``, ``90m``, ``1d``; a number is hours), ``comment`` (why).
+    Who set it is never a form field.
+
+    Returns:
+        (``{entity, model, starts_at, ends_at, comment}`` or None, errors).
+    """
+    errors: list[str] = []
+    entity = form.get("entity", "").strip()[:256]
+    model = form.get("model", "").strip()[:256]
+    comment = form.get("comment", "").strip()[:2000]
+    if not entity and not model:
+        errors.append("give an entity pattern, a model pattern or both (e.g. db-*)")
+    if not comment:
+        errors.append("say why (the comment is recorded with the silence)")
+    start = now
+    if form.get("start", "").strip():
+        try:
+            start = _parse_utc(form["start"])
+        except ValueError:
+            errors.append(f"'{form['start']}' is not a date and time (start)")
+    end = None
+    if form.get("end", "").strip():
+        try:
+            end = _parse_utc(form["end"])
+        except ValueError:
+            errors.append(f"'{form['end']}' is not a date and time (end)")
+    else:
+        try:
+            end = start + _parse_duration(form.get("duration", "").strip()
+                                          or f"{SILENCE_HOURS:g}")
+        except ValueError:
+            errors.append(f"'{form.get('duration')}' is not a duration (e.g. 2h, 90m, 1d)")
+    if end is not None and not errors:
+        if end <= start:
+            errors.append("the silence must end after it starts")
+        elif end <= now:
+            errors.append("that silence would already be over")
+    if errors:
+        return None, errors
+    return {"entity": entity or None, "model": model or None, "starts_at": start,
+            "ends_at": end, "comment": comment}, []
+
+
 def create_app(cfg: AppConfig, feedback_table: str = FEEDBACK_TABLE,
                compute_scores: bool = True,
                security: DashboardSecurity | None = None,
@@ -256,6 +331,16 @@ def create_app(cfg: AppConfig, feedback_table: str = FEEDBACK_TABLE,
     if "@" in db_label:  # never show a password
         scheme, _, rest = db_label.partition("://")
         db_label = f"{scheme}://{rest.rpartition('@')[2]}"
+
+    channels = list(cfg.alerts.channels())
+
+    @cache
+    def alert_store() -> Any:
+        # The alerts package's own store (it creates its tables on first use), opened when
+        # the alerts page is first asked for.
+        from ae_anomaly.alerts.store import AlertStore
+
+        return AlertStore(cfg.sink.url, cfg.sink.table)
 
     app = FastAPI(title="ae-anomaly dashboard", docs_url=None, redoc_url=None,
                   openapi_url=None)
@@ -370,6 +455,62 @@ def create_app(cfg: AppConfig, feedback_table: str = FEEDBACK_TABLE,
             raise HTTPException(404, f"no event {event_id} in {cfg.sink.table}") from None
         return RedirectResponse(_safe_next(form.get("next"), f"/events/{event_id}"),
                                 status_code=303)
+
+    def alerts_view(request: Request, form: dict[str, str] | None = None,
+                    errors: list[str] | None = None, status_code: int = 200) -> HTMLResponse:
+        store_ = alert_store()
+        state = request.query_params.get("state") or ""
+        bad = []
+        if state not in NOTIFICATION_STATES:
+            bad.append(f"unknown state '{state}'; valid: "
+                       f"{', '.join(s for s in NOTIFICATION_STATES if s)}")
+            state = ""
+        total = store_.count_notifications(channels, state or None)
+        last_page = max(1, -(-total // PAGE_SIZE))
+        page_no = min(_page_number(request.query_params.get("page")), last_page)
+        rows = store_.notifications(channels, state or None, PAGE_SIZE,
+                                    (page_no - 1) * PAGE_SIZE)
+        current = now()
+        silences = store_.silences(active_only=False, limit=200)
+        active = [s for s in silences if s.starts_at <= current < s.ends_at]
+        upcoming = [s for s in silences if s.starts_at > current and s.ends_at > current]
+        past = [s for s in silences if s.ends_at <= current]
+        form = form or {"start": current.strftime("%Y-%m-%dT%H:%M"),
+                        "duration": f"{SILENCE_HOURS:g}h"}
+        response = page(request, "alerts.html", rows=rows, total=total, state=state,
+                        states=NOTIFICATION_STATES, page_no=page_no, page_size=PAGE_SIZE,
+                        channels=channels, active_silences=active, upcoming=upcoming,
+                        past=past, form=form, errors=bad + (errors or []),
+                        user=getattr(request.state, "user", None), urlencode=urlencode)
+        response.status_code = status_code
+        return response
+
+    @app.get("/alerts", response_class=HTMLResponse)
+    def alerts_page(request: Request) -> HTMLResponse:
+        return alerts_view(request)
+
+    @app.post("/alerts/silences")
+    async def add_silence(request: Request) -> Response:
+        form = _parse_form(await request.body())
+        silence, errors = parse_silence_form(form, now())
+        if silence is None:
+            return alerts_view(request, form=form, errors=errors, status_code=400)
+        # Who: the login (basic user, or the proxy's user header), never the form.
+        who = getattr(request.state, "user", None) or "anonymous"
+        sid = await run_in_threadpool(alert_store().add_silence, silence["entity"],
+                                      silence["model"], silence["starts_at"],
+                                      silence["ends_at"], who, silence["comment"])
+        log.info("silence #%s set from the dashboard by %s", sid, who)
+        return RedirectResponse(f"/alerts#silence-{sid}", status_code=303)
+
+    @app.post("/alerts/silences/{silence_id}/end")
+    async def end_silence(request: Request, silence_id: int) -> Response:
+        _parse_form(await request.body())
+        if not await run_in_threadpool(alert_store().expire_silence, silence_id):
+            raise HTTPException(404, f"no active silence #{silence_id}")
+        log.info("silence #%s ended from the dashboard by %s", silence_id,
+                 getattr(request.state, "user", None) or "anonymous")
+        return RedirectResponse(f"/alerts#silence-{silence_id}", status_code=303)
 
     @app.get("/alarm-rate", response_class=HTMLResponse)
     def alarm_rate_page(request: Request) -> HTMLResponse:

@@ -159,3 +159,65 @@ def test_dispatcher_killed_mid_send_loses_nothing(db_url, tmp_path):
     keys = receiver.keys()
     dupes = {k for k in keys if keys.count(k) > 1}
     assert dupes <= {keys[3]}  # only the post that could not be acknowledged
+
+
+@needs_am
+@pytest.mark.slow
+def test_docs_walk_from_the_demo_to_alertmanager_and_a_silence(alertmanager, tmp_path,
+                                                              monkeypatch, capsys):
+    """docs/alerting.md, "From the demo to alerts in Alertmanager", step by step: the demo
+    with the Alertmanager URL set, the alerts in Alertmanager's API, ``ae-anomaly alerts``,
+    ``alerts test``, a silence set through ae-anomaly, and a dispatch after new events."""
+    home = tmp_path / "home"
+    env = {**os.environ, "AE_ANOMALY_HOME": str(home), "PREFECT_HOME": str(tmp_path / "pf"),
+           "PYTHONPATH": str(REPO)}
+    am_url = ["--set", f"alerts.alertmanager_url={alertmanager.url}"]
+    cmd = [sys.executable, "-m", "ae_anomaly.cli", "demo", "-c", "configs/demo.yaml",
+           "--no-netflow", "--set", "data.synthetic.train_days=1.5",
+           "--set", "data.synthetic.score_days=0.5", "--set", "data.synthetic.n_entities=2",
+           "--set", "data.synthetic.anomalies_per_entity=2", "--set", "training.epochs=2",
+           "--set", "window.length=16", "--set", "training.progress=false",
+           "--set", "promotion.min_calibration=10", *am_url,
+           "--set", "alerts.labels.team=sre"]
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    url = f"sqlite:///{home}/anomalies.db"
+    events = SqlSink(url).read()
+    assert len(events) > 0
+    # Step 3: Alertmanager's API has one alert per event, with the static label.
+    alerts = wait_for(lambda: len(_by_event(alertmanager)) == len(events) and
+                      _by_event(alertmanager), what="one alert per demo event")
+    assert set(alerts) == set(events.event_id)
+    assert {a["labels"]["team"] for a in alerts.values()} == {"sre"}
+    assert AlertStore(url).pending_count("alertmanager") == 0  # the demo sent them itself
+    # ... and `ae-anomaly alerts` (the demo's config is the default) lists them as sent.
+    monkeypatch.setenv("AE_ANOMALY_HOME", str(home))
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "pf"))
+    monkeypatch.chdir(REPO)
+    capsys.readouterr()
+    assert cli.main(["alerts", "-n", "100"]) == 0
+    assert capsys.readouterr().out.count("alertmanager:sent") == len(events)
+    # Step 4: a test alert, acknowledged (the URL is set again: --set is per command).
+    assert cli.main(["alerts", "test", *am_url]) == 0
+    wait_for(lambda: any(a["labels"]["alertname"] == "AeAnomalyTest"
+                         for a in alertmanager.alerts()), what="the test alert")
+    # A silence through ae-anomaly, then new events and a dispatch: the silenced entity's
+    # event is recorded and listed as suppressed, the other one reaches Alertmanager.
+    quiet = str(events.entity.iloc[0])
+    assert cli.main(["alerts", "silence", "--entity", quiet, "--hours", "2", "--by", "alice",
+                     "--comment", "db maintenance"]) == 0
+    assert cli.main(["alerts", "silences"]) == 0
+    assert "alice: db maintenance" in capsys.readouterr().out
+    sink = SqlSink(url, outbox=True)
+    sink.write([record("walk-quiet", T0, entity=quiet, is_open=True),
+                record("walk-loud", T0, entity="server-99", is_open=True)])
+    assert cli.main(["alerts", "dispatch", "--once", *am_url]) == 0
+    got = wait_for(lambda: "walk-loud" in _by_event(alertmanager) and _by_event(alertmanager),
+                   what="the unsilenced alert")
+    assert "walk-quiet" not in got
+    assert "walk-quiet" in set(sink.read().event_id)
+    capsys.readouterr()
+    assert cli.main(["alerts", "--status", "suppressed"]) == 0
+    listing = capsys.readouterr().out
+    assert "walk-quiet" in listing and "silenced by #1 (alice: db maintenance)" in listing
+    assert "walk-loud" not in listing

@@ -22,6 +22,7 @@ from ae_anomaly.alerts.dispatcher import Dispatcher
 from ae_anomaly.alerts.ops import record_run
 from ae_anomaly.config import AppConfig
 from ae_anomaly.dashboard.app import create_app
+from ae_anomaly.dashboard.security import DashboardSecurity
 from ae_anomaly.db import utcnow
 from ae_anomaly.records import Watermark
 from ae_anomaly.sinks import SqlSink
@@ -85,9 +86,8 @@ def test_metrics_parse_and_carry_the_documented_series(tmp_path):
     try:
         cfg = _setup(f"sqlite:///{tmp_path}/m.db", receiver.url, tmp_path)
         Dispatcher.from_config(cfg).run_once()
-        # the dashboard trusts its bind address and localhost (docs/security.md)
-        with TestClient(create_app(cfg, compute_scores=False),
-                        base_url="http://127.0.0.1") as c:
+        with TestClient(create_app(cfg, compute_scores=False, security=DashboardSecurity(
+                trusted_hosts=["testserver"]))) as c:
             resp = c.get("/metrics")
         assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
         fams = _families(resp.text)

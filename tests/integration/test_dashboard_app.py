@@ -25,12 +25,16 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import MetaData, Table, select
 
-from ae_anomaly.config import AppConfig
+from ae_anomaly.alerts.dispatcher import Dispatcher
+from ae_anomaly.alerts.store import AlertStore
+from ae_anomaly.config import AlertsConfig, AppConfig
 from ae_anomaly.dashboard import charts
 from ae_anomaly.dashboard.app import create_app, neutralise_csv
 from ae_anomaly.dashboard.security import DashboardSecurity
 from ae_anomaly.dashboard.store import DashboardStore, EventFilter
+from ae_anomaly.db import utcnow
 from ae_anomaly.sinks import EventRecord, SqlSink
+from tests.support.alerting import Receiver
 
 T0 = datetime(2026, 1, 6, 0, 0)
 # TestClient sends "Host: testserver"; a same-origin browser POST carries this Origin.
@@ -72,12 +76,13 @@ def db(db_url):
     return db_url, table, feedback
 
 
-def _app(db, tmp_path, mlflow_url=None, now=None, **security):
+def _app(db, tmp_path, mlflow_url=None, now=None, alerts=None, **security):
     url, table, feedback = db
     cfg = AppConfig.model_validate({
         "sink": {"url": url, "table": table},
         "data": {"score": str(tmp_path / "missing.csv")},
         "tracking": {"tracking_uri": f"sqlite:///{tmp_path}/no-mlflow.db"},
+        "alerts": alerts or {},
     })
     sec = DashboardSecurity(trusted_hosts=["testserver"], **security)
     return create_app(cfg, feedback_table=feedback, security=sec, mlflow_url=mlflow_url,
@@ -552,3 +557,158 @@ def test_event_page_reads_the_raw_series_from_the_landing_table(db_url, store, o
     spec = json.loads(html.unescape(re.search(r'id="chart-series" data-plotly="([^"]+)"',
                                               page).group(1)))
     assert [t["name"] for t in spec["data"]][-2:] == ["score", "threshold"]
+
+
+# ---------------------------------------------------------------------- alerts (issue #14)
+
+@pytest.fixture
+def alerts_db(db_url):
+    """(url, table, feedback, webhook URL) with one notification in each state, made by the
+    real sink (outbox) and dispatcher against a local receiver: ``sent1`` sent, ``quiet``
+    suppressed by a silence (ended again), ``refused`` parked (the receiver answered 400),
+    ``waiting`` pending (written after the last dispatch)."""
+    receiver = Receiver().start()
+    try:
+        sink = SqlSink(db_url, "anomaly_events", outbox=True)
+        dispatcher = Dispatcher(AlertsConfig(webhook_url=receiver.url), db_url)
+        store = AlertStore(db_url)
+        sink.write([_record(10, "web-1", "1", 1.0, 3.0)])
+        dispatcher.run_once(seconds=30)
+        now = utcnow()
+        sid = store.add_silence("db-*", None, now - timedelta(minutes=1),
+                                now + timedelta(hours=1), "carol", "db upgrade")
+        sink.write([_record(11, "db-1", "1", 2.0, 3.0)])
+        dispatcher.run_once(seconds=30)
+        store.expire_silence(sid)
+        receiver.status = 400
+        sink.write([_record(12, "web-2", "1", 3.0, 3.0)])
+        dispatcher.run_once(seconds=30)
+        sink.write([_record(13, "web-3", "1", 4.0, 3.0)])
+        sink.engine.dispose()
+        store.engine.dispose()
+        yield db_url, "anomaly_events", "anomaly_feedback", receiver.url
+    finally:
+        receiver.stop()
+
+
+def _alerts_client(alerts_db, tmp_path, **security) -> TestClient:
+    url, table, feedback, hook = alerts_db
+    return TestClient(_app((url, table, feedback), tmp_path,
+                           alerts={"webhook_url": hook}, **security))
+
+
+def _outbox_states(text: str) -> dict[str, str]:
+    """event id -> the webhook delivery's state, from the notifications table."""
+    out = {}
+    for row in text.split('data-outbox-id="')[1:]:
+        eid = re.search(r'href="/events/([^"]+)"', row).group(1)
+        out[eid] = re.search(r'data-status="([^"]+)"', row).group(1)
+    return out
+
+
+def test_alerts_page_lists_notifications_with_their_states(alerts_db, tmp_path):
+    with _alerts_client(alerts_db, tmp_path) as c:
+        r = c.get("/alerts")
+        assert r.status_code == 200
+        assert '<a href="/alerts" class="active">Alerts</a>' in r.text  # in the header nav
+        states = _outbox_states(r.text)
+        assert list(states) == ["ev0013", "ev0012", "ev0011", "ev0010"]  # newest first
+        assert states == {"ev0013": "pending", "ev0012": "parked", "ev0011": "suppressed",
+                          "ev0010": "sent"}
+        # The parked row shows the receiver's answer; the suppressed one the silence.
+        body = html.unescape(r.text)
+        assert "HTTP 400" in body and "silenced by #1 (carol: db upgrade)" in body
+        # Filter by state, and paging.
+        assert list(_outbox_states(c.get("/alerts?state=parked").text)) == ["ev0012"]
+        assert list(_outbox_states(c.get("/alerts?state=pending").text)) == ["ev0013"]
+        assert list(_outbox_states(c.get("/alerts?state=sent").text)) == ["ev0010"]
+        r = c.get("/alerts?state=bogus&page=999999999999999999999")
+        assert r.status_code == 200 and "unknown state" in r.text
+        # The ended silence is among the past ones, and cannot be ended again.
+        assert 'id="silences-past"' in r.text and "No active silence" in r.text
+
+
+def test_alerts_page_pages_newest_first(alerts_db, tmp_path, monkeypatch):
+    import ae_anomaly.dashboard.app as app_module
+
+    monkeypatch.setattr(app_module, "PAGE_SIZE", 3)
+    with _alerts_client(alerts_db, tmp_path) as c:
+        first = c.get("/alerts").text
+        assert list(_outbox_states(first)) == ["ev0013", "ev0012", "ev0011"]
+        assert "state=&amp;page=2" in first and "older" in first
+        assert list(_outbox_states(c.get("/alerts?page=2").text)) == ["ev0010"]
+
+
+def test_silence_form_records_the_login_as_who_and_ending_it(alerts_db, tmp_path):
+    url = alerts_db[0]
+    with _alerts_client(alerts_db, tmp_path, user="alice", password="pw",
+                        ) as c:
+        c.headers.update(_basic("alice", "pw"))
+        token = re.search(r'<meta name="csrf-token" content="([^"]+)">',
+                          c.get("/alerts").text).group(1)
+        r = c.post("/alerts/silences", headers=SAME_ORIGIN, follow_redirects=False,
+                   data={"entity": "web-*", "duration": "90m", "comment": "deploy",
+                         "who": "mallory", "created_by": "mallory", "csrf_token": token})
+        assert r.status_code == 303 and r.headers["location"].startswith("/alerts")
+        active = AlertStore(url).silences(active_only=True)
+        assert len(active) == 1
+        s = active[0]
+        assert (s.entity, s.model, s.created_by, s.comment) == ("web-*", None, "alice",
+                                                                 "deploy")
+        assert timedelta(minutes=89) < s.ends_at - s.starts_at <= timedelta(minutes=91)
+        page = c.get("/alerts").text
+        assert f'id="silence-{s.id}"' in page and 'id="silences-active"' in page
+        # A start and an end instead of a duration; a model pattern alone.
+        start = (utcnow() + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
+        end = (utcnow() + timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M")
+        r = c.post("/alerts/silences", headers=SAME_ORIGIN, follow_redirects=False,
+                   data={"model": "m", "start": start, "end": end, "comment": "later",
+                         "csrf_token": token})
+        assert r.status_code == 303
+        later = AlertStore(url).silences(active_only=False)[0]
+        assert (later.model, later.entity, later.starts_at.strftime("%Y-%m-%dT%H:%M")) == (
+            "m", None, start)
+        assert 'id="silences-upcoming"' in c.get("/alerts").text
+        # Bad forms are refused with the reasons, and record nothing.
+        for data, why in (({"comment": "x"}, "entity pattern, a model pattern"),
+                          ({"entity": "a"}, "say why"),
+                          ({"entity": "a", "comment": "x", "duration": "-1h"}, "duration"),
+                          ({"entity": "a", "comment": "x", "start": start,
+                            "end": start}, "end after it starts")):
+            r = c.post("/alerts/silences", headers=SAME_ORIGIN,
+                       data={**data, "csrf_token": token})
+            assert r.status_code == 400 and why in html.unescape(r.text), data
+        assert len(AlertStore(url).silences(active_only=False)) == 3  # 1 from the fixture
+        # End the first one early: it leaves the active list.
+        r = c.post(f"/alerts/silences/{s.id}/end", headers=SAME_ORIGIN,
+                   data={"csrf_token": token}, follow_redirects=False)
+        assert r.status_code == 303
+        assert AlertStore(url).silences(active_only=True) == []
+        r = c.post(f"/alerts/silences/{s.id}/end", headers=SAME_ORIGIN,
+                   data={"csrf_token": token})
+        assert r.status_code == 404  # already over
+    # Behind an authenticating proxy, its user header names who set it.
+    with _alerts_client(alerts_db, tmp_path, user_header="X-Forwarded-User") as c:
+        c.headers.update({"X-Forwarded-User": "bob@corp.example"})
+        _post(c, "/alerts/silences", {"entity": "db-9", "comment": "disk swap"})
+    assert AlertStore(url).silences(active_only=False)[0].created_by == "bob@corp.example"
+
+
+def test_silence_posts_need_the_csrf_token_and_the_same_origin(alerts_db, tmp_path):
+    url = alerts_db[0]
+    with _alerts_client(alerts_db, tmp_path) as c:
+        token = _csrf(c)
+        form = {"entity": "web-*", "comment": "evil", "csrf_token": token}
+        for headers in ({"Origin": "https://evil.example"},
+                        {"Origin": "null", "Referer": "https://evil.example/page"}, {}):
+            assert c.post("/alerts/silences", headers=headers, data=form).status_code == 403
+        r = c.post("/alerts/silences", headers=SAME_ORIGIN,
+                   data={"entity": "web-*", "comment": "no token"})
+        assert r.status_code == 403
+        assert AlertStore(url).silences(active_only=True) == []
+        sid = AlertStore(url).add_silence("web-*", None, utcnow() - timedelta(minutes=1),
+                                          utcnow() + timedelta(hours=1), "alice", "ok")
+        r = c.post(f"/alerts/silences/{sid}/end", headers={"Origin": "https://evil.example"},
+                   data={"csrf_token": token})
+        assert r.status_code == 403
+        assert [s.id for s in AlertStore(url).silences(active_only=True)] == [sid]

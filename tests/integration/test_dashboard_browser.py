@@ -357,3 +357,33 @@ def test_auto_refresh_reloads_the_page_and_is_kept_in_the_url(page, server):
     page.select_option("#auto-refresh", "60")
     page.wait_for_url("**refresh=60**")
     assert page.problems == []
+
+
+def test_alerts_page_adds_a_silence_through_the_form_and_ends_it(page, server, seeded):
+    """Header nav -> Alerts -> fill in the silence form -> it is listed as active (and
+    stored through AlertStore) -> End now moves it to the past ones."""
+    from ae_anomaly.alerts.store import AlertStore
+
+    _, _, url, table = seeded
+    page.goto(server + "/")
+    page.click("header nav a[href='/alerts']")
+    page.wait_for_url(server + "/alerts")
+    assert page.locator("header nav a.active").inner_text() == "Alerts"
+    assert page.input_value("#silence-form input[name=start]")  # defaults to now
+    page.fill("#silence-form input[name=entity]", "browser-*")
+    page.fill("#silence-form input[name=duration]", "3h")
+    page.fill("#silence-form input[name=comment]", "kernel upgrade")
+    page.click("#silence-form button[type=submit]")
+    page.wait_for_url("**/alerts#silence-*")
+    row = page.locator("#silences-active tbody tr", has_text="browser-*")
+    assert row.count() == 1
+    assert row.locator("td.why").inner_text() == "kernel upgrade"
+    assert row.locator("td.who").inner_text() == "anonymous"  # no login on this server
+    active = [s for s in AlertStore(url, table).silences() if s.entity == "browser-*"]
+    assert len(active) == 1 and active[0].comment == "kernel upgrade"
+    row.get_by_role("button", name="End now").click()
+    page.wait_for_url("**/alerts#silence-*")
+    assert page.locator("#silences-active tbody tr", has_text="browser-*").count() == 0
+    page.click("details summary")
+    assert page.locator("#silences-past tbody tr", has_text="browser-*").count() == 1
+    assert page.problems == []

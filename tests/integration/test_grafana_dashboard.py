@@ -276,6 +276,54 @@ def test_compose_services_run_real_commands_and_config():
             assert str(port).startswith("127.0.0.1:"), f"{port} is open beyond this host"
 
 
+def _service_port(url: str) -> tuple[str, int]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.hostname, parts.port
+
+
+def test_compose_prometheus_and_alertmanager_resolve_inside_the_stack():
+    """Grafana's Prometheus data source, Prometheus's scrape target and the pipeline's
+    alerts.alertmanager_url name services of the stack, on the ports those listen on; the
+    mounted configurations exist and pass promtool / amtool where they are installed."""
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    assert {"prometheus", "alertmanager"} <= set(services)
+
+    def mounts(name: str) -> dict[str, str]:
+        return {v.split(":")[1]: v.split(":")[0] for v in services[name]["volumes"]}
+
+    prom_yml = DOCKER / mounts("prometheus")["/etc/prometheus/prometheus.yml"]
+    am_yml = DOCKER / mounts("alertmanager")["/etc/alertmanager/alertmanager.yml"]
+    assert prom_yml.is_file() and am_yml.is_file()
+    cmd = " ".join(services["prometheus"]["command"])
+    assert "--config.file=/etc/prometheus/prometheus.yml" in cmd
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in " ".join(
+        services["alertmanager"]["command"])
+    for name, port in (("prometheus", 9090), ("alertmanager", 9093)):
+        assert any(str(p).endswith(f":{port}") for p in services[name]["ports"])
+        assert set(compose["volumes"]) >= {f"{name}-data"}
+    # Grafana -> prometheus:9090
+    prom_ds = DOCKER / "grafana" / "provisioning" / "datasources" / "prometheus.yaml"
+    assert _service_port(yaml.safe_load(prom_ds.read_text())["datasources"][0]["url"]) == (
+        "prometheus", 9090)
+    # Prometheus -> dashboard:8050/metrics, and the dashboard trusts that Host header.
+    targets = [t for job in yaml.safe_load(prom_yml.read_text())["scrape_configs"]
+               for sc in job["static_configs"] for t in sc["targets"]]
+    assert targets == ["dashboard:8050"]
+    args = build_parser().parse_args(services["dashboard"]["command"][1:])
+    assert args.port == 8050 and "dashboard" in args.trusted_host
+    # The pipeline -> alertmanager:9093
+    stack = load_config(str(DOCKER / "config" / "stack.yaml"))
+    assert _service_port(stack.alerts.alertmanager_url) == ("alertmanager", 9093)
+    for tool, check in (("promtool", ["check", "config", str(prom_yml)]),
+                        ("amtool", ["check-config", str(am_yml)])):
+        if shutil.which(tool):
+            res = subprocess.run([tool, *check], capture_output=True, text=True)
+            assert res.returncode == 0, res.stdout + res.stderr
+
+
 def test_dockerfile_installs_like_the_makefile():
     docker = (DOCKER / "Dockerfile").read_text()
     pins = re.findall(r'"torch==([\d.]+)"', (ROOT / "pyproject.toml").read_text())
