@@ -1166,7 +1166,7 @@ def describe_error(exc: BaseException) -> tuple[str, int] | None:
     from ae_anomaly.sources import is_transient
 
     if isinstance(exc, AeAnomalyError):
-        return str(exc), EXIT_USER_ERROR
+        return str(exc), EXIT_TRANSIENT if getattr(exc, "transient", False) else EXIT_USER_ERROR
     if is_transient(exc):
         # Database unreachable (after the retries): nothing was half-written.
         detail = _first_line(getattr(exc, "orig", None) or exc)

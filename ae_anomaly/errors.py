@@ -7,6 +7,13 @@ class AeAnomalyError(Exception):
     """An error the user can act on; the CLI prints it as one line, without a traceback."""
 
 
+class ServiceUnavailableError(AeAnomalyError):
+    """A service the run needs (a database, the MLflow tracking server) did not answer
+    after the retries: an outage, not a mistake in the input (the CLI exits 3)."""
+
+    transient = True
+
+
 class ConfigError(AeAnomalyError):
     """A configuration file or override is invalid."""
 

@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from ae_anomaly.config import AppConfig, TrackingConfig, expand_path  # noqa: E402
 from ae_anomaly.detectors import BaseDetector, load_detector  # noqa: E402
 from ae_anomaly.environment import apply_mlflow_http_defaults  # noqa: E402
-from ae_anomaly.errors import AeAnomalyError, ModelNotFoundError  # noqa: E402
+from ae_anomaly.errors import AeAnomalyError, ModelNotFoundError, ServiceUnavailableError  # noqa: E402
 from ae_anomaly.records import ModelRef  # noqa: E402
 from ae_anomaly.secrets import mask_text, mask_url, mask_values  # noqa: E402
 from ae_anomaly.tracking.integrity import SHA256_TAG, hashes_tag, verify_files  # noqa: E402
@@ -40,7 +40,7 @@ MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 DETECTOR_ARTIFACT = "detector"  # the pyfunc artifact: <model>/artifacts/detector/
 
 
-class TrackingUnavailableError(AeAnomalyError):
+class TrackingUnavailableError(ServiceUnavailableError):
     """The MLflow tracking store does not answer (after MLflow's capped HTTP retries)."""
 
 

@@ -141,7 +141,7 @@ def test_unreachable_tracking_server_fails_in_one_masked_line(home, monkeypatch,
     rc = main(["calibrate", "--set",
                f"tracking.tracking_uri=http://ops:hunter2@127.0.0.1:{port}"])
     err = capsys.readouterr().err
-    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert rc == 3 and len(err.splitlines()) == 1, err
     assert err.startswith(f"ae-anomaly: error: MLflow tracking server "
                           f"http://ops:***@127.0.0.1:{port} does not answer")
     assert "hunter2" not in err
