@@ -35,7 +35,7 @@ EPILOG = textwrap.dedent("""\
     --set KEY=VALUE overrides, e.g. --set training.epochs=5 --set calibration.alpha=0.01.
     Everything is written under the state folder ./.ae_anomaly (AE_ANOMALY_HOME to move it).
 
-    First time?  ae-anomaly demo        (about two minutes on a laptop CPU)
+    First time?  ae-anomaly demo        (about a minute on 2 idle CPU cores)
     Your data:   ae-anomaly train -c configs/demo.yaml --input metrics.csv
                  ae-anomaly score -c configs/demo.yaml --input new_metrics.csv
     See README.md and docs/ for the configuration reference.
@@ -72,7 +72,7 @@ class _HelpFormatter(argparse.HelpFormatter):
 #: worked examples shown at the end of each command's --help
 EXAMPLES: dict[str, str] = {
     "demo": """\
-  ae-anomaly demo                        # metrics and network flows, about 3 minutes
+  ae-anomaly demo                        # metrics and network flows, about a minute
   ae-anomaly demo --no-netflow           # server metrics only""",
     "train": """\
   ae-anomaly train -c configs/demo.yaml --input history.csv
