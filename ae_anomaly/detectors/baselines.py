@@ -296,8 +296,35 @@ class _BaselineMixin:
         self.history_ = TrainHistory(seconds=time.perf_counter() - t0)
         self.n_train_samples_ = int(sum(len(p) for p in parts))
 
-    def _baseline_state(self) -> dict[str, Any]:
-        return {"baseline": self.errors_.state()}
+    @property
+    def baseline_window(self) -> int:
+        """Samples per window of the error function (rows: 1)."""
+        return 1
+
+    def _fit_errors(self, split: TrainingSplit, on_epoch: EpochCallback | None) -> None:
+        self.errors_ = self._new_errors(self.baseline_window)
+        self._fit_baseline([self.transform(p) for p in split.fit_all])  # type: ignore[attr-defined]
+
+    def errors(self, x: np.ndarray, batch_size: int = 1024,
+               timestamps: np.ndarray | None = None,
+               entity: str | None = None) -> np.ndarray:
+        # rows are always built with overlap errors (build_detector), so this is series only
+        if self.postprocess.errors == "causal":
+            return self.errors_.causal_errors(x, self.postprocess.causal_tail)
+        return self.errors_.errors(x)
+
+    @property
+    def channel_names(self) -> list[str]:
+        return list(self.feature_names_) if self.errors_.per_channel else ["score"]
+
+    def _state(self) -> dict[str, Any]:
+        return {**self._layout_state(), "baseline": self.errors_.state()}  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_saved(cls, d: dict[str, Any], folder: Path) -> Any:
+        det = cls._from_layout(d)  # type: ignore[attr-defined]
+        det._load_baseline(d, folder, det.baseline_window)
+        return det
 
     def _arrays(self) -> dict[str, np.ndarray]:
         return self.errors_.arrays()
@@ -323,10 +350,6 @@ class SeriesBaseline(_BaselineMixin, SeriesDetector):
         return int(getattr(self.model, "window", 1))
 
     @property
-    def min_samples(self) -> int:
-        return self.error_window
-
-    @property
     def min_train_samples(self) -> int:
         return self._new_errors(self.error_window).min_rows
 
@@ -339,30 +362,9 @@ class SeriesBaseline(_BaselineMixin, SeriesDetector):
         kind = self.preprocess.scaler if choice == "config" else choice
         return Scaler(kind, self.preprocess.clip).fit(rows)
 
-    def _fit_errors(self, split: TrainingSplit, on_epoch: EpochCallback | None) -> None:
-        self.errors_ = self._new_errors(self.error_window)
-        self._fit_baseline([self.transform(p) for p in split.fit_all])
-
-    def errors(self, x: np.ndarray, batch_size: int = 1024,
-               timestamps: np.ndarray | None = None,
-               entity: str | None = None) -> np.ndarray:
-        if self.postprocess.errors == "causal":
-            return self.errors_.causal_errors(x, self.postprocess.causal_tail)
-        return self.errors_.errors(x)
-
     @property
-    def channel_names(self) -> list[str]:
-        return list(self.feature_names_) if self.errors_.per_channel else ["score"]
-
-    def _state(self) -> dict[str, Any]:
-        return {**self._layout_state(), **self._baseline_state()}
-
-    @classmethod
-    def from_saved(cls, d: dict[str, Any], folder: Path) -> SeriesBaseline:
-        det = cls._from_layout(d)
-        assert isinstance(det, SeriesBaseline)
-        det._load_baseline(d, folder, det.error_window)
-        return det
+    def baseline_window(self) -> int:
+        return self.error_window
 
 
 class RowBaseline(_BaselineMixin, RowDetector):
@@ -372,26 +374,3 @@ class RowBaseline(_BaselineMixin, RowDetector):
 
     def transform(self, part: Any) -> np.ndarray:
         return super().transform(part).astype(np.float64)
-
-    def _fit_errors(self, split: TrainingSplit, on_epoch: EpochCallback | None) -> None:
-        self.errors_ = self._new_errors(1)
-        self._fit_baseline([self.transform(p) for p in split.fit_all])
-
-    def errors(self, x: np.ndarray, batch_size: int = 1024,
-               timestamps: np.ndarray | None = None,
-               entity: str | None = None) -> np.ndarray:
-        return self.errors_.errors(x)
-
-    @property
-    def channel_names(self) -> list[str]:
-        return list(self.feature_names_) if self.errors_.per_channel else ["score"]
-
-    def _state(self) -> dict[str, Any]:
-        return {**self._layout_state(), **self._baseline_state()}
-
-    @classmethod
-    def from_saved(cls, d: dict[str, Any], folder: Path) -> RowBaseline:
-        det = cls._from_layout(d)
-        assert isinstance(det, RowBaseline)
-        det._load_baseline(d, folder, 1)
-        return det
